@@ -1,0 +1,2 @@
+/** Library entry point for embedding dpa in a migration agent. */
+export {};
