@@ -1,0 +1,292 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { constantRateCurve, uniformHotSetCurve } from '../../src/model/dirty-curve';
+import { PAGE_HEADER_BYTES, predictPrecopy, PrecopyInput, QEMU_DEFAULTS, ZERO_PAGE_WIRE_BYTES } from '../../src/model/precopy';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+const PAGE_WIRE = 4096 + PAGE_HEADER_BYTES;
+
+const close = (actual: number, expected: number, rel: number, msg?: string): void => {
+  assert.ok(Math.abs(actual - expected) <= rel * Math.abs(expected), `${msg ?? ''} ${actual} not within ${rel} of ${expected}`);
+};
+
+test('no dirtying: one pass; time = (non-zero pages × 4104 + zero pages × 9) / bandwidth', () => {
+  const p = predictPrecopy({ ramBytes: GiB, zeroPageFraction: 0.25, bandwidthBytesPerSec: 1e8, downtimeLimitMs: 300, dirty: uniformHotSetCurve(0, 1) });
+  const pages = GiB / 4096;
+  const wire = (pages * 0.75 * PAGE_WIRE + pages * 0.25 * ZERO_PAGE_WIRE_BYTES);
+  assert.equal(ZERO_PAGE_WIRE_BYTES, 9);
+  assert.equal(p.converges, true);
+  assert.equal(p.iterations, 1);
+  assert.equal(p.bytesSent, wire);
+  close(p.totalSec, wire / 1e8, 1e-12);
+  assert.equal(p.downtimeMs, 0);
+  assert.equal(p.finalThrottlePct, 0);
+  assert.equal(p.toConverge, undefined);
+});
+
+test('the wire rate is min(link, max-bandwidth), QEMU default 128 MiB/s', () => {
+  const base = { ramBytes: GiB, zeroPageFraction: 0, downtimeLimitMs: 300, dirty: uniformHotSetCurve(0, 1) };
+  const capped = predictPrecopy({ ...base, bandwidthBytesPerSec: 1.25e9 });
+  assert.equal(capped.wireBytesPerSec, QEMU_DEFAULTS.maxBandwidthBytesPerSec);
+  assert.equal(QEMU_DEFAULTS.maxBandwidthBytesPerSec, 128 * MiB);
+  const uncapped = predictPrecopy({ ...base, bandwidthBytesPerSec: 1.25e9, maxBandwidthBytesPerSec: Infinity });
+  assert.equal(uncapped.wireBytesPerSec, 1.25e9);
+  close(capped.totalSec / uncapped.totalSec, 1.25e9 / (128 * MiB), 1e-12);
+});
+
+/**
+ * Constant rate R pages/s, no hot set, bandwidth b, no throttling: pass k lasts T_k = ρ^(k−1)·T₁
+ * with ρ = R·4104/b, leaves R·T_k·4096 bytes pending, and the stop-and-copy lasts ρ^k·T₁; so the
+ * first k with R·T_k·4096 < b·downtime is the switchover and the total is T₁(1 − ρ^(k+1))/(1 − ρ).
+ */
+function geometric(R: number, b: number, ramBytes: number, downtimeMs: number): { k: number; totalSec: number; downtimeMs: number } {
+  const T1 = ((ramBytes / 4096) * PAGE_WIRE) / b;
+  const rho = (R * PAGE_WIRE) / b;
+  const x = (b * (downtimeMs / 1000)) / (4096 * R * T1);
+  const k = Math.floor(Math.log(x) / Math.log(rho)) + 2;
+  return { k, totalSec: (T1 * (1 - rho ** (k + 1))) / (1 - rho), downtimeMs: rho ** k * T1 * 1000 };
+}
+
+test('constant dirty rate: geometric passes, hand-computed case (1 GiB, 12 000 pages/s, 100 MB/s)', () => {
+  const p = predictPrecopy({
+    ramBytes: GiB,
+    zeroPageFraction: 0,
+    bandwidthBytesPerSec: 1e8,
+    downtimeLimitMs: 300,
+    dirty: constantRateCurve(12000),
+    autoConverge: false,
+  });
+  // ρ = 12000·4104/1e8 = 0.49248, T₁ = 262144·4104/1e8 = 10.7584 s, pending after pass k =
+  // 5.288e8·ρ^(k−1) bytes: pass 5 leaves 3.11e7 ≥ 3e7, pass 6 leaves 1.53e7 < 3e7.
+  assert.equal(p.iterations, 6);
+  const g = geometric(12000, 1e8, GiB, 300);
+  assert.equal(g.k, 6);
+  close(p.totalSec, g.totalSec, 1e-9);
+  close(p.downtimeMs, g.downtimeMs, 1e-9);
+  close(p.perIteration[1]!.durationSec / p.perIteration[0]!.durationSec, 0.49248, 1e-9);
+});
+
+test('constant dirty rate: closed form holds across rates, links and limits (property)', () => {
+  fc.assert(
+    fc.property(
+      fc.double({ min: 1e7, max: 1e10, noNaN: true }),
+      fc.double({ min: 0.01, max: 0.9, noNaN: true }),
+      fc.integer({ min: 64, max: 65536 }),
+      fc.integer({ min: 10, max: 2000 }),
+      (b, rho, ramMib, downtimeMs) => {
+        const R = (rho * b) / PAGE_WIRE;
+        const g = geometric(R, b, ramMib * MiB, downtimeMs);
+        fc.pre(g.k >= 2); // first pass always sends everything, whatever the threshold
+        // Skip draws within rounding of a pass boundary.
+        const x = (b * (downtimeMs / 1000)) / (4096 * R * (((ramMib * MiB) / 4096) * PAGE_WIRE) / b);
+        const frac = Math.log(x) / Math.log(rho);
+        fc.pre(Math.abs(frac - Math.round(frac)) > 1e-6);
+        const p = predictPrecopy({ ramBytes: ramMib * MiB, zeroPageFraction: 0, bandwidthBytesPerSec: b, maxBandwidthBytesPerSec: Infinity, downtimeLimitMs: downtimeMs, dirty: constantRateCurve(R), autoConverge: false });
+        assert.equal(p.converges, true);
+        assert.equal(p.iterations, g.k);
+        close(p.totalSec, g.totalSec, 1e-9);
+        close(p.downtimeMs, g.downtimeMs, 1e-6);
+        assert.ok(p.downtimeMs < downtimeMs * (PAGE_WIRE / 4096) + 1e-9);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('dirty rate above the link: no convergence without auto-converge; with it, QEMU throttle steps to 60%', () => {
+  // 30 000 pages/s dirty 1.2288e8 B/s over a 1e8 B/s link. The trigger fires while the bytes
+  // dirtied per period exceed half those sent: (1 − p)·30000·4096/1e8 > 0.5 ⇔ p < 59.3 %.
+  const input: PrecopyInput = { ramBytes: GiB, zeroPageFraction: 0, bandwidthBytesPerSec: 1e8, maxBandwidthBytesPerSec: Infinity, downtimeLimitMs: 300, dirty: constantRateCurve(30000) };
+  const off = predictPrecopy({ ...input, autoConverge: false });
+  assert.equal(off.converges, false);
+  assert.match(off.reason, /without auto-converge/);
+  assert.ok(Number.isNaN(off.downtimeMs));
+  // Pass 1 lasts 10.76 s, long enough to dirty all 262 144 pages: pass 2 would be no smaller than
+  // pass 1, and with the throttle fixed the passes never shrink again, so it stops after pass 1.
+  assert.equal(off.iterations, 1);
+
+  const on = predictPrecopy(input);
+  assert.equal(on.converges, true);
+  // Two high periods per step (dirty_rate_high_cnt ≥ 2, then reset), each pass here > 1 s:
+  const throttles = on.perIteration.map((it) => it.throttlePct);
+  assert.deepEqual(throttles.slice(0, 11), [0, 0, 20, 20, 30, 30, 40, 40, 50, 50, 60]);
+  assert.equal(on.finalThrottlePct, 60);
+  assert.ok(throttles.every((t) => t <= 60));
+  assert.ok(on.downtimeMs <= 300 * (PAGE_WIRE / 4096));
+});
+
+test('auto-converge parameters change the throttle path as QEMU applies them', () => {
+  const input: PrecopyInput = { ramBytes: GiB, zeroPageFraction: 0, bandwidthBytesPerSec: 1e8, maxBandwidthBytesPerSec: Infinity, downtimeLimitMs: 300, dirty: constantRateCurve(30000) };
+  // Incus' settings: initial 50 %, trigger at 20 % → every period is "high" while
+  // (1 − p)·1.2288 > 0.2 ⇔ p < 83.7 %, but at 70 % the passes shrink by ρ = 0.3·1.2312 = 0.369
+  // and pass 8 leaves 13.5 MB < 30 MB. Pass 7 lasts 0.99 s, so it is pooled with pass 8 into one
+  // period: a single high count after the step to 70 %, no step to 80 %.
+  const incus = predictPrecopy({ ...input, cpuThrottleInitialPct: 50, throttleTriggerThresholdPct: 20 });
+  assert.deepEqual(incus.perIteration.map((i) => i.throttlePct), [0, 0, 50, 50, 60, 60, 70, 70]);
+  assert.equal(incus.finalThrottlePct, 70);
+  // max-cpu-throttle caps it: at 15 % the guest still dirties 0.85·1.2312 = 1.05× what the link
+  // sends per pass, so the passes stop shrinking at the maximum.
+  const capped = predictPrecopy({ ...input, cpuThrottleInitialPct: 10, cpuThrottleIncrementPct: 5, maxCpuThrottlePct: 15 });
+  assert.equal(capped.converges, false);
+  assert.deepEqual(capped.perIteration.map((i) => i.throttlePct), [0, 0, 10, 10, 15]);
+  assert.equal(capped.finalThrottlePct, 15);
+  assert.match(capped.reason, /maximum CPU throttle 15%/);
+});
+
+test('a guest dirtying faster than the link even at 99 % throttle converges only if its hot set fits the threshold', () => {
+  // 500 000 pages/s at 99 % is 5000 pages/s = 20.5 MB/s over a 10 MB/s link: the passes grow
+  // towards the hot set. A 1 GiB hot set stays far above the 3 MB threshold; a 2 MiB one fits.
+  const base = { ramBytes: 4 * GiB, zeroPageFraction: 0.5, bandwidthBytesPerSec: 1e7, downtimeLimitMs: 300 };
+  const big = predictPrecopy({ ...base, dirty: uniformHotSetCurve(500_000, 262_144) });
+  assert.equal(big.converges, false);
+  assert.equal(big.finalThrottlePct, 99);
+  assert.match(big.reason, /maximum CPU throttle 99%/);
+  assert.equal(big.toConverge?.throttlePct, undefined, 'no throttle suffices');
+  assert.ok(big.toConverge?.downtimeLimitMs !== undefined && big.toConverge.downtimeLimitMs > 60_000);
+  const small = predictPrecopy({ ...base, dirty: uniformHotSetCurve(500_000, 512) });
+  assert.equal(small.converges, true);
+  assert.ok(small.downtimeMs <= 300 * (PAGE_WIRE / 4096));
+});
+
+function inputArb(): fc.Arbitrary<PrecopyInput> {
+  return fc.record({
+    ramBytes: fc.integer({ min: 16, max: 8192 }).map((m) => m * MiB),
+    zeroPageFraction: fc.double({ min: 0, max: 1, noNaN: true }),
+    bandwidthBytesPerSec: fc.double({ min: 1e6, max: 2e9, noNaN: true }),
+    maxBandwidthBytesPerSec: fc.constantFrom(Infinity, 128 * MiB),
+    downtimeLimitMs: fc.integer({ min: 10, max: 5000 }),
+    dirty: fc.tuple(fc.double({ min: 0, max: 5e5, noNaN: true }), fc.integer({ min: 1, max: 2 ** 21 })).map(([R, H]) => uniformHotSetCurve(R, H)),
+    autoConverge: fc.boolean(),
+  });
+}
+
+test('more bandwidth never increases the total time of a converging migration (property)', () => {
+  fc.assert(
+    fc.property(inputArb(), fc.double({ min: 1, max: 10, noNaN: true }), (input, factor) => {
+      const slow = predictPrecopy({ ...input, autoConverge: false });
+      const fast = predictPrecopy({ ...input, autoConverge: false, bandwidthBytesPerSec: input.bandwidthBytesPerSec * factor });
+      if (slow.converges) {
+        assert.equal(fast.converges, true);
+        assert.ok(fast.totalSec <= slow.totalSec * (1 + 1e-12), `${fast.totalSec} > ${slow.totalSec}`);
+        assert.ok(fast.iterations <= slow.iterations);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('a larger downtime limit never increases the passes, with or without auto-converge (property)', () => {
+  fc.assert(
+    fc.property(inputArb(), fc.integer({ min: 1, max: 5000 }), (input, extraMs) => {
+      const a = predictPrecopy(input);
+      const b = predictPrecopy({ ...input, downtimeLimitMs: input.downtimeLimitMs + extraMs });
+      if (a.converges) {
+        assert.equal(b.converges, true);
+        assert.ok(b.iterations <= a.iterations, `${b.iterations} > ${a.iterations}`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+/** Inputs that mostly do not converge: dirtying 1–20× the link over a large hot set. */
+function hardInputArb(): fc.Arbitrary<PrecopyInput> {
+  return fc
+    .record({
+      ramMib: fc.integer({ min: 64, max: 8192 }),
+      b: fc.double({ min: 1e6, max: 1e9, noNaN: true }),
+      ratio: fc.double({ min: 1.05, max: 20, noNaN: true }),
+      hotShare: fc.double({ min: 0.05, max: 1, noNaN: true }),
+      autoConverge: fc.boolean(),
+      maxCpuThrottlePct: fc.integer({ min: 20, max: 99 }),
+      downtimeLimitMs: fc.integer({ min: 10, max: 2000 }),
+    })
+    .map(({ ramMib, b, ratio, hotShare, autoConverge, maxCpuThrottlePct, downtimeLimitMs }) => ({
+      ramBytes: ramMib * MiB,
+      zeroPageFraction: 0,
+      bandwidthBytesPerSec: b,
+      maxBandwidthBytesPerSec: Infinity,
+      downtimeLimitMs,
+      dirty: uniformHotSetCurve((ratio * b) / 4096, Math.max(1, Math.round(((ramMib * MiB) / 4096) * hotShare))),
+      autoConverge,
+      maxCpuThrottlePct,
+    }));
+}
+
+test('toConverge: each suggested change, applied alone, makes the prediction converge (property)', () => {
+  let nonConverging = 0;
+  fc.assert(
+    fc.property(fc.oneof(inputArb(), hardInputArb()), (input) => {
+      const p = predictPrecopy(input);
+      if (p.converges) return;
+      nonConverging++;
+      const t = p.toConverge!;
+      assert.ok(t, 'toConverge present');
+      if (t.bandwidthBytesPerSec !== undefined) {
+        assert.ok(t.bandwidthBytesPerSec > p.wireBytesPerSec);
+        assert.equal(predictPrecopy({ ...input, bandwidthBytesPerSec: t.bandwidthBytesPerSec, maxBandwidthBytesPerSec: Infinity }).converges, true);
+      }
+      if (t.downtimeLimitMs !== undefined) {
+        assert.ok(t.downtimeLimitMs > input.downtimeLimitMs);
+        assert.equal(predictPrecopy({ ...input, downtimeLimitMs: t.downtimeLimitMs }).converges, true);
+        // Minimal up to the 1 ms bisection step.
+        if (t.downtimeLimitMs - 2 > input.downtimeLimitMs) assert.equal(predictPrecopy({ ...input, downtimeLimitMs: t.downtimeLimitMs - 2 }).converges, false);
+      }
+      if (t.throttlePct !== undefined) {
+        assert.equal(predictPrecopy({ ...input, autoConverge: false, fixedThrottlePct: t.throttlePct }).converges, true);
+        if (t.throttlePct > 1) assert.equal(predictPrecopy({ ...input, autoConverge: false, fixedThrottlePct: t.throttlePct - 1 }).converges, false);
+      }
+      // A downtime limit that covers all of RAM always converges, so that field is never absent.
+      assert.ok(t.downtimeLimitMs !== undefined);
+    }),
+    { numRuns: 200 },
+  );
+  assert.ok(nonConverging > 50, `only ${nonConverging} non-converging draws: the property was barely exercised`);
+});
+
+test('resuming from the middle of a pre-copy predicts the same remaining passes', () => {
+  const input: PrecopyInput = { ramBytes: 2 * GiB, zeroPageFraction: 0.3, bandwidthBytesPerSec: 1e8, downtimeLimitMs: 300, dirty: uniformHotSetCurve(15000, 300_000), autoConverge: false };
+  const fresh = predictPrecopy(input);
+  assert.ok(fresh.converges && fresh.iterations >= 4);
+  const j = 3; // resume at the start of pass 3: pending = pages dirtied during pass 2
+  const pendingBytes = Math.ceil(fresh.perIteration[j - 2]!.dirtiedPages) * 4096;
+  const resumed = predictPrecopy({ ...input, pendingBytes: fresh.perIteration[j - 2]!.dirtiedPages * 4096 });
+  assert.ok(pendingBytes > 0);
+  assert.equal(resumed.iterations, fresh.iterations - (j - 1));
+  const elapsed = fresh.perIteration.slice(0, j - 1).reduce((s, it) => s + it.durationSec, 0);
+  close(resumed.totalSec, fresh.totalSec - elapsed, 1e-3);
+});
+
+test('bad input is rejected with the field and its range named', () => {
+  const ok: PrecopyInput = { ramBytes: GiB, zeroPageFraction: 0, bandwidthBytesPerSec: 1e8, downtimeLimitMs: 300, dirty: constantRateCurve(1) };
+  assert.throws(() => predictPrecopy({ ...ok, ramBytes: 0 }), /ramBytes: must be a number > 0/);
+  assert.throws(() => predictPrecopy({ ...ok, zeroPageFraction: 1.5 }), /zeroPageFraction: must be a number ≥ 0 and ≤ 1/);
+  assert.throws(() => predictPrecopy({ ...ok, bandwidthBytesPerSec: 0 }), RangeError);
+  assert.throws(() => predictPrecopy({ ...ok, downtimeLimitMs: -1 }), /downtimeLimitMs/);
+  assert.throws(() => predictPrecopy({ ...ok, pageBytes: 3000 }), /pageBytes: must be a power of two/);
+  assert.throws(() => predictPrecopy({ ...ok, maxCpuThrottlePct: 100 }), /maxCpuThrottlePct: must be a number ≥ 1 and ≤ 99/);
+  assert.throws(() => predictPrecopy({ ...ok, maxIterations: 1.5 }), /maxIterations: must be an integer/);
+  assert.throws(() => predictPrecopy({ ...ok, pendingBytes: 2 * GiB }), /pendingBytes/);
+  assert.throws(() => predictPrecopy({ ...ok, bandwidthBytesPerSec: Number('x') }), TypeError);
+  assert.throws(() => predictPrecopy({ ...ok, dirty: {} as never }), /dirty: must be a DirtyCurve/);
+});
+
+test('cost: ~tens of µs per prediction; explain: false skips the ~100-simulation toConverge search', (t) => {
+  const converging: PrecopyInput = { ramBytes: 16 * GiB, zeroPageFraction: 0.5, bandwidthBytesPerSec: 1.25e8, downtimeLimitMs: 300, dirty: uniformHotSetCurve(40000, 4e6) };
+  const stuck: PrecopyInput = { ramBytes: 4 * GiB, zeroPageFraction: 0, bandwidthBytesPerSec: 1e7, downtimeLimitMs: 300, dirty: uniformHotSetCurve(500_000, 262_144) };
+  const perCallUs = (input: PrecopyInput, n: number): number => {
+    for (let i = 0; i < 20; i++) predictPrecopy(input);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) predictPrecopy(input);
+    return Number(process.hrtime.bigint() - t0) / 1e3 / n;
+  };
+  const a = perCallUs(converging, 500);
+  const b = perCallUs(stuck, 50);
+  const c = perCallUs({ ...stuck, explain: false }, 500);
+  t.diagnostic(`converging 16 GiB guest (${predictPrecopy(converging).iterations} passes): ${a.toFixed(1)} µs/call`);
+  t.diagnostic(`non-converging with toConverge: ${b.toFixed(0)} µs/call; explain: false: ${c.toFixed(1)} µs/call`);
+  assert.equal(predictPrecopy({ ...stuck, explain: false }).toConverge, undefined);
+  assert.ok(b > 10 * c, `explain costs ${b} µs vs ${c} µs without`);
+});
