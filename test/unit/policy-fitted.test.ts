@@ -1,0 +1,222 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { uniformHotSetCurve } from '../../src/model/dirty-curve';
+import { remainingTime } from '../../src/model/need';
+import { deferredFraction, fittedPolicy, proportionalSizes, solveLambdas, currentShares } from '../../src/policy/fitted';
+import { fairShareOfFirst, waterFill } from '../../src/policy/link-share';
+import { overlayAt, projectTrajectory } from '../../src/policy/projection';
+import type { Decision, MigrationView, WorldState } from '../../src/policy/types';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+function view(id: string, over: Partial<MigrationView> = {}): MigrationView {
+  return {
+    id,
+    phase: 'base',
+    startedSec: 0,
+    overlayBytes: 0,
+    writeBytesPerSecDemand: 10e6,
+    baseBytesLeft: 20 * GiB,
+    mirrorBytesLeft: 0,
+    ramBytes: 4 * GiB,
+    ramDirty: uniformHotSetCurve(5000, 100_000),
+    ramPendingBytes: 4 * GiB,
+    cpuThrottlePct: 0,
+    failed: false,
+    mirrorOnly: false,
+    ...over,
+  };
+}
+
+function world(omegaBytes: number, migrations: MigrationView[], linkBytesPerSec = 125e6): WorldState {
+  return { nowSec: 0, intervalSec: 0.1, omegaBytes, slaBytesPerSec: 10_000, linkBytesPerSec, ramMaxBandwidthBytesPerSec: 128 * MiB, downtimeLimitMs: 300, migrations };
+}
+
+test('projected phase durations agree with the model’s remainingTime in every phase', () => {
+  const cases: MigrationView[] = [
+    view('base', { phase: 'base', overlayBytes: 1 * GiB, mirrorBytesLeft: 1 * GiB }),
+    view('mirror', { phase: 'mirror', overlayBytes: 3 * GiB, baseBytesLeft: 0, mirrorBytesLeft: 2 * GiB }),
+    view('ram', { phase: 'ram', overlayBytes: 3 * GiB, baseBytesLeft: 0, mirrorBytesLeft: 0, ramPendingBytes: 1 * GiB, cpuThrottlePct: 20 }),
+  ];
+  for (const m of cases) {
+    for (const [write, share] of [
+      [5e6, 60e6],
+      [40e6, 60e6],
+      [1e6, 500e6],
+    ] as const) {
+      const tr = projectTrajectory(m, write, share, 128 * MiB, 300);
+      const rt = remainingTime({ migration: m, writeBytesPerSec: write, linkShareBytesPerSec: share });
+      assert.ok(Math.abs(tr.t1 - rt.baseSec) < 1e-6, `${m.id} base ${tr.t1} vs ${rt.baseSec}`);
+      assert.ok(Math.abs(tr.t2 - tr.t1 - rt.mirrorSec) < 1e-6 * Math.max(1, rt.mirrorSec), `${m.id} mirror`);
+      // The RAM part is memoised on a 0.5 % bandwidth grid (and 1/64 of RAM when resumed): close, not identical.
+      assert.ok(Math.abs(tr.endSec - tr.t2 - rt.ramSec) <= 0.05 * rt.ramSec + 0.5, `${m.id} ram ${tr.endSec - tr.t2} vs ${rt.ramSec}`);
+      // Growth: all writes while the base is copied, only what fits beside the copy afterwards.
+      assert.ok(Math.abs(tr.s1 - (m.overlayBytes + write * tr.t1)) < 1);
+      const mirrorWrite = Math.min(write, share / 2);
+      assert.ok(Math.abs(tr.s2 - tr.s1 - mirrorWrite * (tr.t2 - tr.t1)) < 1);
+      assert.ok(tr.finalBytes >= tr.s2 && overlayAt(tr, tr.endSec) === tr.finalBytes && overlayAt(tr, 0) === m.overlayBytes);
+    }
+  }
+});
+
+test('the projection grows with the write rate (more writes, larger and later final overlay)', () => {
+  fc.assert(
+    fc.property(fc.double({ min: 0, max: 100e6, noNaN: true }), fc.double({ min: 0, max: 100e6, noNaN: true }), fc.constantFrom('base', 'mirror', 'ram'), (a, b, phase) => {
+      const [lo, hi] = a <= b ? [a, b] : [b, a];
+      const m = view('x', { phase: phase as MigrationView['phase'], overlayBytes: GiB, mirrorBytesLeft: phase === 'ram' ? 0 : GiB, baseBytesLeft: phase === 'base' ? 10 * GiB : 0, ramPendingBytes: GiB });
+      const p = projectTrajectory(m, lo, 100e6, 128 * MiB, 300);
+      const q = projectTrajectory(m, hi, 100e6, 128 * MiB, 300);
+      assert.ok(q.finalBytes >= p.finalBytes - 1);
+      assert.ok(q.endSec >= p.endSec * (1 - 0.011), `${q.endSec} < ${p.endSec}`);
+    }),
+    { numRuns: 200 },
+  );
+});
+
+test('nothing at risk: no throttle at all, Π fills Ω in proportion to need and never below the data', () => {
+  const w = world(10 * GiB, [view('a', { overlayBytes: 100 * MiB, writeBytesPerSecDemand: 2e6 }), view('b', { overlayBytes: 10 * MiB, writeBytesPerSecDemand: 0.5e6, baseBytesLeft: 5 * GiB })], 1.25e9);
+  const d = fittedPolicy().decide(w, undefined);
+  assert.deepEqual(
+    d.migrations.map((m) => m.throttleBytesPerSec),
+    [null, null],
+  );
+  const sizes = d.migrations.map((m) => m.partitionBytes!);
+  assert.ok(Math.abs(sizes[0]! + sizes[1]! - 10 * GiB) < 1);
+  assert.ok(sizes[0]! > sizes[1]!, 'the heavier, longer writer gets the larger bin');
+  assert.ok(sizes[0]! >= 100 * MiB && sizes[1]! >= 10 * MiB);
+  assert.match(d.reason, /no risk/);
+});
+
+test('at risk: the solved plan fits Ω, writers keep ≥ γ_SLA, and a migration that ends first is not held back for later ones', () => {
+  // Two heavy writers sharing 1 Gbit/s into 1 GiB: unthrottled they would need several GiB.
+  const w = world(GiB, [view('long', { writeBytesPerSecDemand: 30e6, baseBytesLeft: 40 * GiB }), view('short', { writeBytesPerSecDemand: 30e6, baseBytesLeft: 2 * GiB })]);
+  const budget = GiB * 0.98;
+  const shares = currentShares(w);
+  const { lambdas, peakBytes } = solveLambdas(w, shares, budget, 'max-min');
+  assert.ok(peakBytes <= budget * (1 + 1e-9), `peak ${peakBytes}`);
+  assert.ok(lambdas[0]! < 1 && lambdas[0]! > 0);
+  assert.ok(lambdas[1]! >= lambdas[0]!, 'the short one is not held to the long one’s fraction');
+  const d = fittedPolicy().decide(w, undefined);
+  for (const m of d.migrations) assert.ok(m.throttleBytesPerSec === null || m.throttleBytesPerSec >= w.slaBytesPerSec);
+  assert.ok(d.migrations.some((m) => m.throttleBytesPerSec !== null), 'someone is throttled');
+  assert.match(d.reason, /at risk/);
+  // More demand never loosens the throttle.
+  const heavier = world(GiB, [view('long', { writeBytesPerSecDemand: 60e6, baseBytesLeft: 40 * GiB }), view('short', { writeBytesPerSecDemand: 30e6, baseBytesLeft: 2 * GiB })]);
+  const l2 = solveLambdas(heavier, currentShares(heavier), budget, 'max-min').lambdas;
+  assert.ok(l2[0]! * 60e6 <= lambdas[0]! * 30e6 * 1.0001 || l2[0]! <= lambdas[0]!);
+});
+
+test('deferral: no throttle while the plan keeps ≥ 40 % of demand, the plan as is below 10 %, continuous and never below λ', () => {
+  assert.equal(deferredFraction(0.4, 0.1, 0.4), 1);
+  assert.equal(deferredFraction(0.9, 0.1, 0.4), 1);
+  assert.equal(deferredFraction(0.1, 0.1, 0.4), 0.1);
+  assert.equal(deferredFraction(0.05, 0.1, 0.4), 0.05);
+  fc.assert(
+    fc.property(fc.double({ min: 0, max: 1, noNaN: true }), (l) => {
+      const f = deferredFraction(l, 0.1, 0.4);
+      assert.ok(f >= l && f <= 1);
+      assert.ok(Math.abs(deferredFraction(l + 1e-9, 0.1, 0.4) - f) < 1e-6);
+    }),
+  );
+});
+
+test('brake: with Ω nearly full, the writers together may not fill it within the horizon, whatever the plan says', () => {
+  // deferAbove = 0: the plan never throttles, so only the brake can.
+  const unplanned = fittedPolicy({ deferAbove: 0, deferBelow: 0 });
+  const far = world(GiB, [view('a', { overlayBytes: 0.2 * GiB, writeBytesPerSecDemand: 50e6 })], 1.25e9);
+  assert.equal(unplanned.decide(far, undefined).migrations[0]!.throttleBytesPerSec, null, 'room for 3 s of writes: no brake');
+  const near = world(GiB, [view('a', { overlayBytes: 0.95 * GiB, writeBytesPerSecDemand: 50e6 })], 1.25e9);
+  const d = unplanned.decide(near, undefined);
+  const g = d.migrations[0]!.throttleBytesPerSec;
+  const free = GiB * 0.99 - 0.95 * GiB;
+  assert.ok(g !== null && Math.abs(g * 3 - free) < 1, `γ ${g}: 3 s of writes must fill exactly the free ${free}`);
+  assert.match(d.reason, /braking/);
+});
+
+test('between solves the plan is reused and re-solved on any change of the world', () => {
+  const policy = fittedPolicy();
+  const w0 = world(GiB, [view('a', { writeBytesPerSecDemand: 30e6 })]);
+  const d0 = policy.decide(w0, undefined);
+  const d1 = policy.decide({ ...w0, nowSec: 1, migrations: [view('a', { writeBytesPerSecDemand: 30e6, overlayBytes: 1e6 })] }, d0);
+  assert.equal(d1.fitted, d0.fitted, 'same world shape: the memo is reused');
+  const d2 = policy.decide({ ...w0, nowSec: 1.1, migrations: [view('a', { writeBytesPerSecDemand: 40e6, overlayBytes: 1e6 })] }, d1);
+  assert.notEqual(d2.fitted, d1.fitted);
+  assert.equal(d2.fitted!.solvedAtSec, 1.1);
+  const d3 = policy.decide({ ...w0, nowSec: 16, migrations: [view('a', { writeBytesPerSecDemand: 40e6, overlayBytes: 2e6 })] }, d2);
+  assert.equal(d3.fitted!.solvedAtSec, 1.1, 'within 15 s: reused');
+  const d4 = policy.decide({ ...w0, nowSec: 16.2, migrations: [view('a', { writeBytesPerSecDemand: 40e6, overlayBytes: 2e6 })] }, d3);
+  assert.equal(d4.fitted!.solvedAtSec, 16.2, 'periodic re-solve after 15 s');
+});
+
+test('property: Π sums to Ω, no bin below its data, quotas cover the data, γ within [γ_SLA, demand)', () => {
+  const mig = fc.record({
+    overlayMiB: fc.integer({ min: 0, max: 2000 }),
+    demandMBps: fc.double({ min: 0, max: 80, noNaN: true }),
+    baseGiB: fc.double({ min: 0, max: 50, noNaN: true }),
+    phase: fc.constantFrom('base', 'mirror', 'ram'),
+  });
+  fc.assert(
+    fc.property(fc.integer({ min: 256, max: 16384 }), fc.array(mig, { minLength: 1, maxLength: 8 }), fc.integer({ min: 10, max: 2000 }), (omegaMiB, ms, linkMBps) => {
+      const used = ms.reduce((a, m) => a + m.overlayMiB, 0);
+      fc.pre(used <= omegaMiB);
+      const w = world(
+        omegaMiB * MiB,
+        ms.map((m, i) =>
+          view(`m${i}`, {
+            phase: m.phase as MigrationView['phase'],
+            overlayBytes: m.overlayMiB * MiB,
+            writeBytesPerSecDemand: m.demandMBps * 1e6,
+            baseBytesLeft: m.phase === 'base' ? m.baseGiB * GiB : 0,
+            mirrorBytesLeft: m.phase === 'ram' ? 0 : m.overlayMiB * MiB,
+            ramPendingBytes: 2 * GiB,
+          }),
+        ),
+        linkMBps * 1e6,
+      );
+      const d: Decision = fittedPolicy().decide(w, undefined);
+      const total = d.migrations.reduce((a, m) => a + m.partitionBytes!, 0);
+      assert.ok(total <= w.omegaBytes * (1 + 1e-9), `Σ Π ${total}`);
+      d.migrations.forEach((md, i) => {
+        const m = w.migrations[i]!;
+        assert.ok(md.partitionBytes! >= m.overlayBytes - 1e-6);
+        assert.ok(md.quotaBytes >= m.overlayBytes);
+        if (md.throttleBytesPerSec !== null) {
+          assert.ok(md.throttleBytesPerSec >= w.slaBytesPerSec - 1e-9);
+          assert.ok(md.throttleBytesPerSec < m.writeBytesPerSecDemand);
+        }
+      });
+    }),
+    { numRuns: 120 },
+  );
+});
+
+test('proportionalSizes: Σ = Ω when the floors fit, each ≥ its floor, proportional among the unfloored', () => {
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.double({ min: 0, max: 1e9, noNaN: true }), fc.double({ min: 0, max: 1e8, noNaN: true })), { minLength: 1, maxLength: 10 }), (pairs) => {
+      const need = pairs.map((p) => p[0]);
+      const floor = pairs.map((p) => p[1]);
+      const omega = 1e9;
+      const sizes = proportionalSizes(omega, need, floor);
+      const floorSum = floor.reduce((a, b) => a + b, 0);
+      sizes.forEach((s, i) => assert.ok(s >= floor[i]! - 1e-6));
+      if (floorSum <= omega) assert.ok(Math.abs(sizes.reduce((a, b) => a + b, 0) - omega) < 1e-3);
+    }),
+  );
+});
+
+test('link sharing: water filling is max-min fair, weighted, work-conserving', () => {
+  const out = new Float64Array(3);
+  waterFill(100, [10, Infinity, Infinity], [1, 1, 1], out);
+  assert.deepEqual(Array.from(out), [10, 45, 45]);
+  waterFill(100, [Infinity, Infinity, 5], [3, 1, 1], out);
+  assert.deepEqual(Array.from(out), [71.25, 23.75, 5]);
+  waterFill(100, [Infinity, 20], [1000, 1], out);
+  assert.ok(out[0]! > 99.8 && Math.abs(out[0]! + out[1]! - 100) < 1e-9);
+  waterFill(100, [30, 20], [1, 1], out);
+  assert.deepEqual(Array.from(out).slice(0, 2), [30, 20]);
+  assert.equal(fairShareOfFirst(100, 80, Infinity), 50);
+  assert.equal(fairShareOfFirst(100, 80, 30), 70);
+  assert.equal(fairShareOfFirst(100, 20, Infinity), 20);
+});
