@@ -17,7 +17,10 @@
  * 'earliest-end': migrations in order of projected end get all they ask for while the peak fits;
  * the first that cannot gets the largest λ that fits (bisection: the peak is monotone in λ) and
  * the later ones γ_SLA for now — Ω used by an early finisher is freed and rewritten soonest, and
- * the later ones are re-planned as soon as it ends. ('max-min' — raise a common λ, fix the λ of
+ * the later ones are re-planned as soon as it ends. Projected ends within `tieFraction` (2 %) of
+ * each other form one rank, shared max-min fairly: identical migrations get identical λ whatever
+ * their order, and noise in the inputs cannot flip which of two near-equal ones is served first
+ * (the governor would otherwise move a throttle from one guest to the other at each re-solve). ('max-min' — raise a common λ, fix the λ of
  * the migrations in each constraint that becomes tight — is available, fairer, and measured
  * slightly worse on write retention.) If even γ_SLA for all cannot fit, all get γ_SLA.
  *
@@ -62,6 +65,11 @@ export interface FittedOptions {
   deferBelow?: number;
   /** How the solver shares a scarce Ω (default 'earliest-end'; see the module comment). */
   solver?: 'max-min' | 'earliest-end';
+  /**
+   * 'earliest-end': projected ends within this fraction of each other (0..1, default 0.02) are one
+   * rank, shared max-min fairly.
+   */
+  tieFraction?: number;
   /** How remaining link shares are projected (default 'processor-sharing'; 'current' holds today's). */
   shareModel?: 'processor-sharing' | 'current';
   /** Link weight of a migration in `mirror`, `ram` or `switchover` relative to one in `base` (≥ 1, default 1000). */
@@ -74,6 +82,9 @@ export interface FittedOptions {
   /** Longest time between full solves, seconds (> 0, default 15). */
   resolveEverySec?: number;
 }
+
+/** Default of FittedOptions.tieFraction. */
+export const DEFAULT_TIE_FRACTION = 0.02;
 
 function linkCap(world: WorldState, m: MigrationView): number {
   return m.phase === 'ram' ? world.ramMaxBandwidthBytesPerSec + m.writeBytesPerSecDemand : m.phase === 'switchover' ? world.ramMaxBandwidthBytesPerSec : Infinity;
@@ -283,7 +294,13 @@ class Plan {
  * `budget`, bytes, in the given order (see the module comment); `shares` are the link shares,
  * bytes/s, to project with. Returns λ per migration index, the plan at those λ and a summary.
  */
-export function solveLambdas(world: WorldState, shares: Float64Array, budget: number, order: 'max-min' | 'earliest-end' = 'max-min'): { lambdas: Float64Array; plan: Plan; peakBytes: number; summary: string } {
+export function solveLambdas(
+  world: WorldState,
+  shares: Float64Array,
+  budget: number,
+  order: 'max-min' | 'earliest-end' = 'max-min',
+  tieFraction = DEFAULT_TIE_FRACTION,
+): { lambdas: Float64Array; plan: Plan; peakBytes: number; summary: string } {
   const n = world.migrations.length;
   const plan = new Plan(world, shares);
   const lambdas = new Float64Array(n).fill(1);
@@ -308,12 +325,40 @@ export function solveLambdas(world: WorldState, shares: Float64Array, budget: nu
   if (floor.peakBytes > budget) {
     return { lambdas, plan, peakBytes: floor.peakBytes, summary: `over budget even at γ_SLA: projected peak ${fmtGiB(floor.peakBytes)} > ${fmtGiB(budget)}` };
   }
-  let group = free;
-  let lo = 0;
   let stages = 0;
+  // Max-min fair among `group`: raise a common λ until some constraint binds, fix the λ of the
+  // migrations in that constraint, raise the others further; symmetric in the migrations, so equal
+  // needs get equal λ.
+  const maxMin = (start: readonly number[]): void => {
+    let group = start;
+    let lo = 0;
+    while (group.length > 0) {
+      stages++;
+      setFree(group, 1);
+      if (plan.peak(budget).peakBytes <= budget) break;
+      let hi = 1;
+      for (let it = 0; it < 12 && hi - lo > 1e-3; it++) {
+        const mid = (lo + hi) / 2;
+        setFree(group, mid);
+        if (plan.peak(budget).peakBytes <= budget) lo = mid;
+        else hi = mid;
+      }
+      // Which constraint binds just above lo: every migration still in Ω at the first end where
+      // Σ exceeds the budget takes part in it; those stop at lo.
+      setFree(group, hi);
+      const over = plan.peak(budget).firstOverSec;
+      const bound = group.filter((i) => plan.end[i]! >= over);
+      const rest = bound.length > 0 ? group.filter((i) => plan.end[i]! < over) : [];
+      setFree(group, lo);
+      group = rest;
+    }
+  };
   if (order === 'earliest-end') {
-    // Lexicographic: earliest projected end first, each as high as the others (at their current
-    // λ) allow; the first that cannot have all it asks for gets what is left, the later ones γ_SLA.
+    // Lexicographic by projected end: the earliest-ending get all they ask for while the others
+    // (at their current λ) allow; the first that cannot have all they ask for share what is left
+    // max-min fairly; the later ones get γ_SLA. Ends within `tieFraction` of each other count as
+    // one rank (treated alike: identical migrations get identical λ, and noise in the inputs does
+    // not flip which of two near-equal ones is served first).
     const ends = new Float64Array(n);
     for (let i = 0; i < n; i++) {
       plan.set(i, 1);
@@ -321,45 +366,24 @@ export function solveLambdas(world: WorldState, shares: Float64Array, budget: nu
     }
     for (const i of free) plan.set(i, 0);
     const byEnd = [...free].sort((a, b) => ends[a]! - ends[b]! || a - b);
-    for (const i of byEnd) {
+    for (let g = 0; g < byEnd.length; ) {
+      let h = g + 1;
+      const limit = ends[byEnd[g]!]! * (1 + tieFraction);
+      while (h < byEnd.length && ends[byEnd[h]!]! <= limit) h++;
+      const rank = byEnd.slice(g, h);
       stages++;
-      setFree([i], 1);
-      if (plan.peak(budget).peakBytes <= budget) continue;
-      let l = 0;
-      let h = 1;
-      for (let it = 0; it < 12 && h - l > 1e-3; it++) {
-        const mid = (l + h) / 2;
-        setFree([i], mid);
-        if (plan.peak(budget).peakBytes <= budget) l = mid;
-        else h = mid;
+      setFree(rank, 1);
+      if (plan.peak(budget).peakBytes <= budget) {
+        g = h;
+        continue;
       }
-      setFree([i], l);
-      // Some constraint is now tight at or before i's end, and every later-ending migration is
-      // still in Ω then: none of them can rise above the floor.
+      setFree(rank, 0);
+      maxMin(rank);
+      // Some constraint is now tight at or before these ends, and every later-ending migration
+      // is still in Ω then: none of them can rise above the floor.
       break;
     }
-    group = [];
-  }
-  while (group.length > 0) {
-    stages++;
-    setFree(group, 1);
-    if (plan.peak(budget).peakBytes <= budget) break;
-    let hi = 1;
-    for (let it = 0; it < 12 && hi - lo > 1e-3; it++) {
-      const mid = (lo + hi) / 2;
-      setFree(group, mid);
-      if (plan.peak(budget).peakBytes <= budget) lo = mid;
-      else hi = mid;
-    }
-    // Which constraint binds just above lo: every migration still in Ω at the first end where
-    // Σ exceeds the budget takes part in it; those stop at lo.
-    setFree(group, hi);
-    const over = plan.peak(budget).firstOverSec;
-    const bound = group.filter((i) => plan.end[i]! >= over);
-    const rest = bound.length > 0 ? group.filter((i) => plan.end[i]! < over) : [];
-    setFree(group, lo);
-    group = rest;
-  }
+  } else maxMin(free);
   const { peakBytes } = plan.peak(budget);
   let min = 1;
   let throttled = 0;
@@ -474,6 +498,8 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
   if (!(deferAbove >= 0 && deferAbove <= 1)) throw new RangeError(`deferAbove: must be from 0 to 1 (got ${String(deferAbove)})`);
   if (!(deferBelow >= 0 && deferBelow <= deferAbove)) throw new RangeError(`deferBelow: must be from 0 to deferAbove (got ${String(deferBelow)})`);
   const resolveEverySec = options.resolveEverySec ?? 15;
+  const tieFraction = options.tieFraction ?? DEFAULT_TIE_FRACTION;
+  if (!(tieFraction >= 0 && tieFraction <= 1)) throw new RangeError(`tieFraction: must be from 0 to 1 (got ${String(tieFraction)})`);
   const latePhaseWeight = options.latePhaseWeight ?? 1000;
   const brakeHorizonSec = options.brakeHorizonSec ?? 3;
   if (!(brakeHorizonSec >= 0)) throw new RangeError(`brakeHorizonSec: must be ≥ 0 (got ${String(brakeHorizonSec)})`);
@@ -501,7 +527,7 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
       if (fresh) memo = old;
       else {
         const shares = options.shareModel === 'current' ? nowShares : expectedShares(world, weights);
-        const solved = solveLambdas(world, shares, budget, options.solver ?? 'earliest-end');
+        const solved = solveLambdas(world, shares, budget, options.solver ?? 'earliest-end', tieFraction);
         memo = {
           solvedAtSec: world.nowSec,
           ids: world.migrations.map((m) => m.id),

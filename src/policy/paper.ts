@@ -70,6 +70,11 @@ export function paperThrottleBytesPerSec(input: PaperThrottleInput): number {
   }
   if (!(linkShareBytesPerSec >= 0)) throw new RangeError(`linkShareBytesPerSec: must be a number ≥ 0, Infinity allowed (got ${String(linkShareBytesPerSec)})`);
   if (!(alpha >= 1) || !Number.isFinite(alpha)) throw new RangeError(`meanPriority: must be a finite number ≥ 1 (got ${String(alpha)})`);
+  return throttleUnchecked(partitionBytes, overlayBytes, alpha, linkShareBytesPerSec);
+}
+
+/** paperThrottleBytesPerSec without the argument checks (inputs already known valid). */
+function throttleUnchecked(partitionBytes: number, overlayBytes: number, alpha: number, linkShareBytesPerSec: number): number {
   const pi = partitionBytes / PAPER_MB_BYTES;
   const s = overlayBytes / PAPER_MB_BYTES;
   const denominator = pi - s + PAPER_EPSILON_MB;
@@ -178,6 +183,309 @@ export function paperThrottles(world: WorldState, bins: Bin[], index: BinIndex =
   return out;
 }
 
+/**
+ * What a bin layout looks like apart from the bytes in its home shards: which bins each migration
+ * holds data in, which can grow, its Σα, who shares whose bin. Between two structural events
+ * (an overflow, a completion, an arrival) only home shards grow, so the paper policy computes
+ * this once per layout and reuses it every interval (the fast path of `paperPolicy.decide`).
+ * Indices: migrations in world order at the time it was built (`ids`), bins in array order.
+ */
+interface Layout {
+  ids: string[];
+  /** Per migration: its home bin. */
+  homeBin: Int32Array;
+  /** Per migration: the bins BinIndex.binsOf lists (home first, then foreign bins in order). */
+  binsOf: Int32Array[];
+  /** Per migration, per entry of binsOf: the position of its shard in that bin. */
+  shardAt: Int32Array[];
+  /** Per migration: binsOf without the frozen bins (BinIndex.growable), and its shard positions. */
+  growable: Int32Array[];
+  growableAt: Int32Array[];
+  /** True when some bin holds a foreign shard of 0 bytes (dropEmptyShards would change the layout). */
+  emptyForeignShards: boolean;
+  /** Per migration: Σα (BinIndex.meanPriority). */
+  alpha: Float64Array;
+  /** (owner, home) migration pairs, in bin and stack order: owner holds data in home's bin. */
+  guestOf: Int32Array;
+  homeOfGuest: Int32Array;
+  /** Bins not frozen, in array order. */
+  open: Int32Array;
+  sharded: number;
+  frozen: number;
+}
+
+/** Layouts of bins arrays this module returned (they are never mutated afterwards). */
+const layouts = new WeakMap<readonly Bin[], Layout>();
+
+/**
+ * Builds the layout of `bins` for the migrations of `world`, or undefined when the bins are not
+ * one home per migration with unique shard ids per bin (then every call takes the slow path).
+ */
+function buildLayout(world: WorldState, bins: readonly Bin[]): Layout | undefined {
+  const n = world.migrations.length;
+  if (bins.length !== n || n === 0) return undefined;
+  const slot = new Map<string, number>();
+  const ids = world.migrations.map((m, i) => {
+    slot.set(m.id, i);
+    return m.id;
+  });
+  const homeBin = new Int32Array(n).fill(-1);
+  const binsOf: number[][] = ids.map(() => []);
+  const shardAt: number[][] = ids.map(() => []);
+  const guests: number[] = [];
+  const homes: number[] = [];
+  let emptyForeignShards = false;
+  for (let b = 0; b < n; b++) {
+    const i = slot.get(bins[b]!.home);
+    if (i === undefined || homeBin[i] !== -1 || bins[b]!.shards[0]?.id !== bins[b]!.home) return undefined;
+    homeBin[i] = b;
+    binsOf[i]!.push(b);
+    shardAt[i]!.push(0);
+  }
+  for (let b = 0; b < n; b++) {
+    const bin = bins[b]!;
+    const seen = new Set<string>();
+    for (let k = 0; k < bin.shards.length; k++) {
+      const sh = bin.shards[k]!;
+      if (seen.has(sh.id)) return undefined;
+      seen.add(sh.id);
+      if (sh.id === bin.home) continue;
+      if (sh.bytes <= 0) {
+        emptyForeignShards = true;
+        continue;
+      }
+      const i = slot.get(sh.id);
+      if (i === undefined) return undefined;
+      binsOf[i]!.push(b);
+      shardAt[i]!.push(k);
+      guests.push(i);
+      homes.push(slot.get(bin.home)!);
+    }
+  }
+  const alpha = new Float64Array(n);
+  let sharded = 0;
+  for (let i = 0; i < n; i++) {
+    let sum = 0;
+    for (let e = 0; e < binsOf[i]!.length; e++) sum += e === 0 ? 1 : shardAt[i]![e]! + 1;
+    alpha[i] = sum / binsOf[i]!.length;
+    if (binsOf[i]!.length > 1) sharded++;
+  }
+  const open: number[] = [];
+  for (let b = 0; b < n; b++) if (!bins[b]!.frozen) open.push(b);
+  return {
+    ids,
+    homeBin,
+    binsOf: binsOf.map((l) => Int32Array.from(l)),
+    shardAt: shardAt.map((l) => Int32Array.from(l)),
+    growable: binsOf.map((l) => Int32Array.from(l.filter((b) => !bins[b]!.frozen))),
+    growableAt: binsOf.map((l, i) => Int32Array.from(shardAt[i]!.filter((_, e) => !bins[l[e]!]!.frozen))),
+    emptyForeignShards,
+    alpha,
+    guestOf: Int32Array.from(guests),
+    homeOfGuest: Int32Array.from(homes),
+    open: Int32Array.from(open),
+    sharded,
+    frozen: n - open.length,
+  };
+}
+
+/**
+ * The decision when nothing structural happened since `previousBins` (same migrations in the same
+ * order, every one's growth fits in its unfrozen home): exactly what the general path computes
+ * (same operations in the same order, so the same floating-point results), without cloning the
+ * layout or rebuilding its index. Undefined when the general path must run.
+ */
+function decideFast(world: WorldState, previousBins: readonly Bin[], failed: ReadonlySet<string>, previous?: Decision): Decision | undefined {
+  const layout = layouts.get(previousBins);
+  const ms = world.migrations;
+  const n = ms.length;
+  if (!layout || layout.ids.length !== n) return undefined;
+  for (let i = 0; i < n; i++) if (ms[i]!.id !== layout.ids[i]) return undefined;
+  const used = new Float64Array(n);
+  for (let b = 0; b < n; b++) used[b] = binUsed(previousBins[b]!);
+  // Copy-on-write: a bin (its shard array) is copied the first time this decision changes it, and
+  // a shard is replaced, never changed in place, so the previous decision's layout stays intact.
+  let bins = previousBins as Bin[];
+  const copied = new Uint8Array(n);
+  const writable = (b: number): Bin => {
+    if (bins === previousBins) bins = previousBins.slice();
+    if (!copied[b]) {
+      const o = bins[b]!;
+      bins[b] = { home: o.home, sizeBytes: o.sizeBytes, frozen: o.frozen, shards: o.shards.slice() };
+      copied[b] = 1;
+    }
+    return bins[b]!;
+  };
+  const addBytes = (b: number, k: number, bytes: number): void => {
+    const shards = writable(b).shards;
+    const old = shards[k]!;
+    shards[k] = { id: old.id, bytes: old.bytes + bytes };
+  };
+  // 1. Growth in the own home (BinIndex.growHome); the rest goes by chargeGrowth below.
+  const overflowing: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const list = layout.binsOf[i]!;
+    const at = layout.shardAt[i]!;
+    let accounted = 0;
+    for (let e = 0; e < list.length; e++) accounted += previousBins[list[e]!]!.shards[at[e]!]!.bytes;
+    const delta = ms[i]!.overlayBytes - accounted;
+    if (!(delta > 0)) continue;
+    const h = layout.homeBin[i]!;
+    const home = previousBins[h]!;
+    if (home.frozen || home.sizeBytes - used[h]! < delta) {
+      overflowing.push(i, delta);
+      continue;
+    }
+    addBytes(h, 0, delta);
+    used[h] = used[h]! + delta;
+  }
+  if (overflowing.length > 0) {
+    // chargeGrowth, as long as the growth fits in the bins the migration can already grow in
+    // (nothing spills, nothing freezes); otherwise the general path runs.
+    if (layout.emptyForeignShards) return undefined;
+    for (let k = 0; k < overflowing.length; k += 2) {
+      const i = overflowing[k]!;
+      let left = overflowing[k + 1]!;
+      const list = layout.growable[i]!;
+      const at = layout.growableAt[i]!;
+      for (let e = 0; e < list.length && left > 0; e++) {
+        const b = list[e]!;
+        const take = Math.min(left, Math.max(0, bins[b]!.sizeBytes - binUsed(bins[b]!)));
+        if (take > 0) addBytes(b, at[e]!, take);
+        left -= take;
+      }
+      if (left > 0) return undefined;
+    }
+    // The general path then re-checks the invariants (enforceInvariants) and re-indexes.
+    let total = 0;
+    let slack = 0;
+    for (let b = 0; b < n; b++) {
+      used[b] = binUsed(bins[b]!);
+      if (bins[b]!.sizeBytes < used[b]!) writable(b).sizeBytes = used[b]!;
+      total += bins[b]!.sizeBytes;
+      slack += bins[b]!.sizeBytes - used[b]!;
+    }
+    const over = total - world.omegaBytes;
+    if (over > 0 && slack > 0) {
+      const keep = Math.max(0, 1 - over / slack);
+      for (let b = 0; b < n; b++) {
+        const size = used[b]! + (bins[b]!.sizeBytes - used[b]!) * keep;
+        if (size !== bins[b]!.sizeBytes) writable(b).sizeBytes = size;
+      }
+    }
+  }
+  if (bins !== previousBins) layouts.set(bins, layout);
+  else if (previous) {
+    // Nothing moved since the previous decision, itself taken on these very bins with nothing
+    // moving: same inputs, same answer (the steady state of paused or idle guests).
+    const last = still.get(previous.migrations);
+    if (last && last.bins === bins && last.linkBytesPerSec === world.linkBytesPerSec && last.slaBytesPerSec === world.slaBytesPerSec && last.omegaBytes === world.omegaBytes && failed.size === (previous.failedIds?.length ?? 0)) {
+      let same = true;
+      for (let i = 0; i < n && same; i++) same = ms[i]!.overlayBytes === last.overlayBytes[i] && failed.has(ms[i]!.id) === previous.migrations[i]!.failed;
+      if (same) {
+        const migrations = previous.migrations.slice();
+        still.set(migrations, last);
+        return { policy: 'paper', atSec: world.nowSec, migrations, bins, failedIds: [...failed], reason: previous.reason };
+      }
+    }
+  }
+
+  // γ (paperThrottles), then the same-bin rule.
+  const linkShare = world.linkBytesPerSec / Math.max(1, n);
+  const raw = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let pi = 0;
+    let s = 0;
+    for (const b of layout.growable[i]!) {
+      pi += bins[b]!.sizeBytes;
+      s += used[b]!;
+    }
+    raw[i] = Math.max(world.slaBytesPerSec, throttleUnchecked(pi, Math.min(s, pi), layout.alpha[i]!, linkShare));
+  }
+  const gamma = Float64Array.from(raw);
+  for (let k = 0; k < layout.guestOf.length; k++) {
+    const g = layout.guestOf[k]!;
+    const home = raw[layout.homeOfGuest[k]!]!;
+    if (gamma[g]! > home) gamma[g] = home;
+  }
+
+  // Headroom (BinIndex.headrooms): own room + what the overlap rule could place elsewhere.
+  const free = new Float64Array(n);
+  for (let b = 0; b < n; b++) free[b] = bins[b]!.sizeBytes - used[b]!;
+  const open: number[] = [];
+  for (const b of layout.open) if (free[b]! > 0) open.push(b);
+  open.sort((a, b) => free[b]! - free[a]!);
+  const perVm = linkShare;
+  const migrations: MigrationDecision[] = new Array(n);
+  // mine[b] === i + 1: bin b is one migration i can grow in (instead of a search per bin).
+  const mine = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const m = ms[i]!;
+    const own = layout.growable[i]!;
+    const homeBin = layout.homeBin[i]!;
+    let room = 0;
+    for (const b of own) {
+      room += Math.max(0, free[b]!);
+      mine[b] = i + 1;
+    }
+    let best = 0;
+    let rank = 0;
+    let next = 1;
+    for (const b of open) {
+      if (b === homeBin || mine[b] === i + 1) continue;
+      rank++;
+      if (rank === next) {
+        best = Math.max(best, rank * free[b]!);
+        next *= 2;
+        if (next > MAX_SPLIT_PARTS) break;
+      }
+    }
+    const isFailed = failed.has(m.id);
+    migrations[i] = {
+      id: m.id,
+      partitionBytes: bins[homeBin]!.sizeBytes,
+      quotaBytes: isFailed ? m.overlayBytes : m.overlayBytes + (room + best),
+      throttleBytesPerSec: gamma[i]!,
+      linkShareBytesPerSec: perVm,
+      meanPriority: layout.alpha[i]!,
+      failed: isFailed,
+    };
+  }
+  if (bins === previousBins) {
+    const overlayBytes = new Float64Array(n);
+    for (let i = 0; i < n; i++) overlayBytes[i] = ms[i]!.overlayBytes;
+    still.set(migrations, { bins, linkBytesPerSec: world.linkBytesPerSec, slaBytesPerSec: world.slaBytesPerSec, omegaBytes: world.omegaBytes, overlayBytes });
+  }
+  return { policy: 'paper', atSec: world.nowSec, migrations, bins, failedIds: [...failed], reason: paperReason(world, layout.sharded, layout.frozen, []) };
+}
+
+/**
+ * The inputs of a fast-path decision taken when no bin changed (its `used` are the plain sums of
+ * the bins), keyed by its migrations array: the next one on the same inputs is the same decision.
+ */
+interface StillInputs {
+  bins: readonly Bin[];
+  linkBytesPerSec: number;
+  slaBytesPerSec: number;
+  omegaBytes: number;
+  overlayBytes: Float64Array;
+}
+const still = new WeakMap<readonly MigrationDecision[], StillInputs>();
+
+/** BinIndex.headrooms counts splits into at most this many parts. */
+const MAX_SPLIT_PARTS = 8;
+
+function paperReason(world: WorldState, sharded: number, frozen: number, newlyFailed: readonly string[]): string {
+  const n = Math.max(1, world.migrations.length);
+  return world.migrations.length === 0
+    ? 'no migration in flight'
+    : `Π = Ω/${n} = ${fmtGiB(world.omegaBytes / n)} per bin` +
+        (sharded ? `, ${sharded} sharded` : '') +
+        (frozen ? `, ${frozen} frozen` : '') +
+        (newlyFailed.length ? `, failed now: ${newlyFailed.join(', ')}` : '') +
+        `; γ by the paper's formula, capped at U/N`;
+}
+
 function fmtGiB(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 }
@@ -187,9 +495,14 @@ export const paperPolicy: Policy = {
   name: 'paper',
   mirrorOnly: false,
   decide(world: WorldState, previous: Decision | undefined): Decision {
-    const present = new Set(world.migrations.map((m) => m.id));
-    const failed = new Set((previous?.failedIds ?? []).filter((id) => present.has(id)));
+    const carried = previous?.failedIds ?? [];
+    const present = carried.length > 0 ? new Set(world.migrations.map((m) => m.id)) : undefined;
+    const failed = new Set(carried.filter((id) => present!.has(id)));
     for (const m of world.migrations) if (m.failed) failed.add(m.id);
+    if (previous?.bins) {
+      const fast = decideFast(world, previous.bins, failed, previous);
+      if (fast) return fast;
+    }
     const { bins, newlyFailed, index } = paperPartition(world, previous?.bins, failed);
     for (const id of newlyFailed) failed.add(id);
     const throttles = paperThrottles(world, bins, index);
@@ -212,14 +525,8 @@ export const paperPolicy: Policy = {
     let sharded = 0;
     for (const m of world.migrations) if ((index.binsOf.get(m.id)?.length ?? 0) > 1) sharded++;
     const frozen = bins.filter((b) => b.frozen).length;
-    const reason =
-      world.migrations.length === 0
-        ? 'no migration in flight'
-        : `Π = Ω/${n} = ${fmtGiB(world.omegaBytes / n)} per bin` +
-          (sharded ? `, ${sharded} sharded` : '') +
-          (frozen ? `, ${frozen} frozen` : '') +
-          (newlyFailed.length ? `, failed now: ${newlyFailed.join(', ')}` : '') +
-          `; γ by the paper's formula, capped at U/N`;
-    return { policy: 'paper', atSec: world.nowSec, migrations, bins, failedIds: [...failed], reason };
+    const layout = buildLayout(world, bins);
+    if (layout) layouts.set(bins, layout);
+    return { policy: 'paper', atSec: world.nowSec, migrations, bins, failedIds: [...failed], reason: paperReason(world, sharded, frozen, newlyFailed) };
   },
 };

@@ -220,3 +220,89 @@ test('link sharing: water filling is max-min fair, weighted, work-conserving', (
   assert.equal(fairShareOfFirst(100, 80, 30), 70);
   assert.equal(fairShareOfFirst(100, 20, Infinity), 20);
 });
+
+/** The governor's case: two identical guests in `base` sharing a small Ω. */
+function twins(noise: (k: number) => number = () => 0): WorldState {
+  const ms = ['vm-a', 'vm-b'].map((id, k) =>
+    view(id, {
+      overlayBytes: 14 * MiB * (1 + noise(2 * k)),
+      mirrorBytesLeft: 14 * MiB * (1 + noise(2 * k)),
+      writeBytesPerSecDemand: 6.27 * MiB * (1 + noise(2 * k + 1)),
+      baseBytesLeft: 500 * MiB,
+    }),
+  );
+  return world(75 * MiB, ms, 32 * MiB);
+}
+
+test('fitted is max-min fair between identical migrations: equal throttles, stable across re-solves with tiny input noise', () => {
+  const policy = fittedPolicy();
+  const d0 = policy.decide(twins(), undefined);
+  const [a, b] = d0.migrations.map((m) => m.throttleBytesPerSec);
+  assert.ok(a !== null && b !== null, `both must be throttled (Ω is far too small): ${a}, ${b}`);
+  assert.ok(Math.abs(a - b) <= 0.01 * Math.max(a, b), `identical needs, unequal throttles: ${a} vs ${b}`);
+  assert.ok(a > 10_000, 'the fair share is above γ_SLA: neither is starved');
+  // Re-solves every call (the demands move by ≤ 0.1 %), each fed the previous decision.
+  let seed = 7;
+  const rnd = (): number => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  let previous: Decision = d0;
+  for (let k = 1; k <= 60; k++) {
+    const noise = [0, 1, 2, 3].map(() => (rnd() - 0.5) * 2e-3);
+    const d = policy.decide({ ...twins((j) => noise[j]!), nowSec: k * 0.1 }, previous);
+    assert.equal(d.fitted!.solvedAtSec, k * 0.1, 'a demand change forces a re-solve');
+    const [ga, gb] = d.migrations.map((m) => m.throttleBytesPerSec);
+    assert.ok(ga !== null && gb !== null && Math.abs(ga - gb) <= 0.01 * Math.max(ga, gb), `solve ${k}: ${ga} vs ${gb}`);
+    assert.ok(Math.abs(ga - a) <= 0.02 * a, `solve ${k}: throttle moved from ${a} to ${ga} on 0.1 % noise`);
+    previous = d;
+  }
+});
+
+test('property: permuting the migrations permutes fitted’s decision', () => {
+  const arbView = fc.record({
+    phase: fc.constantFrom<'base' | 'mirror'>('base', 'mirror'),
+    overlayMiB: fc.integer({ min: 0, max: 2000 }),
+    demandMBps: fc.double({ min: 0, max: 60, noNaN: true }),
+    baseGiB: fc.double({ min: 0.1, max: 40, noNaN: true }),
+    copies: fc.integer({ min: 1, max: 3 }),
+  });
+  fc.assert(
+    fc.property(fc.array(arbView, { minLength: 1, maxLength: 4 }), fc.double({ min: 0.25, max: 16, noNaN: true }), fc.integer({ min: 0, max: 1000 }), (specs, omegaGiB, shuffleSeed) => {
+      const ms: MigrationView[] = [];
+      for (const [k, s] of specs.entries()) {
+        for (let c = 0; c < s.copies; c++) {
+          ms.push(
+            view(`vm${k}-${c}`, {
+              phase: s.phase,
+              overlayBytes: s.overlayMiB * MiB,
+              writeBytesPerSecDemand: s.demandMBps * 1e6,
+              baseBytesLeft: s.phase === 'base' ? s.baseGiB * GiB : 0,
+              mirrorBytesLeft: s.phase === 'base' ? s.overlayMiB * MiB : s.overlayMiB * MiB * 0.5,
+            }),
+          );
+        }
+      }
+      const omega = Math.max(omegaGiB * GiB, ms.reduce((a, m) => a + m.overlayBytes, 0) * 1.1 + MiB);
+      const perm = ms.map((_, i) => i);
+      let r = shuffleSeed + 1;
+      for (let i = perm.length - 1; i > 0; i--) {
+        r = (r * 48271) % 2147483647;
+        const j = r % (i + 1);
+        [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+      }
+      const d1 = fittedPolicy().decide(world(omega, ms), undefined);
+      const d2 = fittedPolicy().decide(world(omega, perm.map((i) => ms[i]!)), undefined);
+      const close = (x: number | null, y: number | null): boolean => (x === null || y === null ? x === y : Math.abs(x - y) <= 1e-3 * Math.max(Math.abs(x), Math.abs(y)) + 1e-6);
+      for (const [j, i] of perm.entries()) {
+        const p = d1.migrations[i]!;
+        const q = d2.migrations[j]!;
+        assert.equal(q.id, p.id);
+        for (const key of ['throttleBytesPerSec', 'partitionBytes', 'quotaBytes', 'linkShareBytesPerSec'] as const) {
+          assert.ok(close(p[key], q[key]), `${p.id} ${key}: ${p[key]} vs ${q[key]} (perm ${perm.join(',')})`);
+        }
+      }
+    }),
+    { numRuns: 150, seed: 4242 },
+  );
+});

@@ -110,6 +110,19 @@ test('dpa bench simulate --json reports wall time, ticks and ticks per second', 
   assert.ok(doc.ticks > 1000 && doc.ticks <= 1200, `ticks ${doc.ticks}`);
   assert.ok(doc.wallSec > 0 && Math.abs(doc.ticksPerSec - doc.ticks / doc.wallSec) < 1e-6 * doc.ticksPerSec);
   assert.equal(doc.policy, 'fitted');
+  assert.deepEqual(Object.keys(doc.perPolicy), ['fitted']);
+  assert.equal(doc.perPolicy.fitted.wallSec, doc.wallSec);
+  const all = capture();
+  assert.equal(await runCli(['bench', 'simulate', '--vms', '3', '--sim-seconds', '60', '--policy', 'all', '--json'], all.io), 0, all.err());
+  const every = JSON.parse(all.out());
+  assert.equal(every.policy, 'all');
+  assert.deepEqual(Object.keys(every.perPolicy), ['paper', 'fitted', 'static', 'unthrottled', 'mirror-only']);
+  let wall = 0;
+  for (const r of Object.values(every.perPolicy) as Array<{ wallSec: number; ticks: number }>) {
+    assert.ok(r.wallSec > 0 && r.ticks > 0);
+    wall += r.wallSec;
+  }
+  assert.ok(Math.abs(every.wallSec - wall) < 1e-9, 'the top-level wall time is the sum over the policies');
   const bad = capture();
   assert.equal(await runCli(['bench', 'simulate', '--vms', '0'], bad.io), 2);
   assert.match(bad.err(), /--vms: must be an integer from 1 to 4096/);

