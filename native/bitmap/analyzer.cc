@@ -1,13 +1,16 @@
-// Analyzer: construction, the level-independent part of a push (interval bookkeeping, stamp
-// sweep, traffic accounting), the scalar pass, and the queries. See analyzer.h for the design.
+// Analyzer: construction, the level-independent part of a push (interval bookkeeping, the
+// prefetching queue, the split over two threads, stamp sweep, traffic accounting), the scalar
+// pass, and the queries (heat computed on demand from the ring). See analyzer.h for the design.
 #include "bitmap/analyzer.h"
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "bitmap/analyzer_state.h"
 #include "bitmap/words.h"
@@ -16,21 +19,23 @@ namespace dpa::bitmap {
 namespace detail {
 namespace {
 
-// Per-word data bytes of the pass (see PushTraffic): a set word reads and writes its 64 heat
-// bytes (window bits included) and 128 bytes of stamps and appends a 12-byte ring entry; an
-// evicted entry is read from the ring, and an evicted word not also set has its heat bytes
-// read and written.
-constexpr uint64_t kSetReadBytes = 64 + 128;
-constexpr uint64_t kSetWriteBytes = 64 + 128 + 12;
-constexpr uint64_t kEvictReadBytes = 12;
-constexpr uint64_t kEvictOnlyBytes = 64;
+// Per set word data bytes of the pass (see PushTraffic): its 128 bytes of stamps read and
+// written, and a 12-byte ring entry written.
+constexpr uint64_t kSetReadBytes = 128;
+constexpr uint64_t kSetWriteBytes = 128 + 12;
 constexpr uint64_t kSweepWordBytes = 128;
+constexpr uint64_t kStampBytesPerWord = 128;
 
-// Words scanned per step of the pass. The state of one step's words is prefetched while the
-// previous step's are processed: enough lines in flight to hide DRAM latency, few enough
-// (about 3 per nonzero word) to stay in L1/L2 until used.
-constexpr uint64_t kChunkWords = 128;
-constexpr int kWorkLists = 3;
+// Words scanned per step (a multiple of the AVX2 scan's groups of 8): the step's nonzero words
+// have their state lines prefetched together, then the queue is processed up to its newest
+// kLagWords entries, whose lines are still on their way. Counting the lag in nonzero words keeps
+// the lines in flight steady whatever the load. Measured on the project machine (1 TiB, 2%
+// dirty): 256-word steps beat 128 and 512..4096 by 2-15%; the lag made no difference from 16 to
+// 256 words; prefetching each word's lines a fixed distance ahead while processing, instead of
+// per step, was 10-20% slower.
+constexpr uint64_t kChunkWords = 256;
+constexpr size_t kLagWords = 24;
+constexpr size_t kQueueEntries = 2048;  // >= kLagWords + kChunkWords + kScanSlack; memmoves are rare
 
 template <typename T>
 Array<T> Allocate(uint64_t count) {
@@ -39,10 +44,10 @@ Array<T> Allocate(uint64_t count) {
   return Array<T>(static_cast<T*>(p));
 }
 
-// The block array is the large one (192 bytes per 64 pages: 600 MiB for a 4 TiB guest) and is
+// The stamp array is the large one (128 bytes per 64 pages: 512 MiB for a 4 TiB guest) and is
 // accessed at scattered words: 2 MiB alignment plus MADV_HUGEPAGE lets the kernel back it with
 // huge pages (THP "madvise" mode), cutting TLB misses. The hint may be refused; that only costs speed.
-uint8_t* AllocateBlocks(size_t bytes, size_t* allocated) {
+uint8_t* AllocateHuge(size_t bytes, size_t* allocated) {
   constexpr size_t kHugePage = size_t{2} << 20;
   const size_t align = bytes >= kHugePage ? kHugePage : 64;
   const size_t rounded = (bytes + align - 1) / align * align;
@@ -58,127 +63,154 @@ size_t ScanScalar(AnalyzerState& s, const uint8_t* bitmap, uint64_t begin, uint6
   for (uint64_t i = begin; i < end; i++) {
     const uint64_t w = i < s.fullWords ? LoadWord(bitmap + i * 8) : LoadTail(bitmap + i * 8, s.tailPages);
     if (!w) continue;
-    out[n++] = Work{w, 0, static_cast<uint32_t>(i)};
-    s.region[i / s.regionWords] += static_cast<uint32_t>(PopcountScalar(w));
+    out[n++] = Work{w, static_cast<uint32_t>(i)};
+    s.region[i >> s.regionShift] += static_cast<uint32_t>(PopcountScalar(w));
   }
   return n;
 }
 
-void ProcessScalar(AnalyzerState& s, const Work* work, size_t n, RingSlot& out, PassTotals& t) {
-  uint64_t* atLeast = s.heatAtLeast.data();
-  uint64_t* curve = s.curve.data();
+void ProcessScalar(const AnalyzerState& s, uint64_t* curve, const Work* work, size_t n, RingSlot& out,
+                   PassTotals& t) {
   const uint16_t now16 = static_cast<uint16_t>(s.now);
   const uint32_t curveMask = s.curveIntervals - 1;
   for (size_t k = 0; k < n; k++) {
     const Work& e = work[k];
-    uint8_t* heat = s.Heat(e.index);
-    // Heat is the low 7 bits; +-1 never reaches the window bit (heat stays within 0 .. 64).
-    for (uint64_t m = e.set & ~e.cleared; m; m &= m - 1) atLeast[(heat[Ctz(m)]++ & kHeatMask) + 1]++;
-    for (uint64_t m = e.cleared & ~e.set; m; m &= m - 1) atLeast[heat[Ctz(m)]-- & kHeatMask]--;
-    if (!e.set) {
-      t.evictOnlyWords++;
-      continue;
-    }
     out.index[out.size] = e.index;
     out.word[out.size++] = e.set;
     uint16_t* stamp = s.Stamps(e.index);
     for (uint64_t m = e.set; m; m &= m - 1) {
       const unsigned b = Ctz(m);
-      t.newly += !(heat[b] & kWindowBit);
-      heat[b] = static_cast<uint8_t>(heat[b] | kWindowBit);
       const uint16_t old = stamp[b];
-      if (static_cast<uint16_t>(now16 - old) < s.curveIntervals) curve[old & curveMask]--;
+      const uint16_t age = static_cast<uint16_t>(now16 - old);
+      curve[old & curveMask] -= age < s.curveIntervals;
+      t.newly += !s.InWindow(age);
       stamp[b] = now16;
     }
     t.dirty += PopcountScalar(e.set);
-    t.setWords++;
   }
+  t.setWords += n;
 }
 
-// A prefetch the compiler cannot drop: GCC deletes a loop of nothing but __builtin_prefetch
-// calls as free of side effects. prefetcht0 exists on every x86-64.
-inline void PrefetchLine(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
+// Prefetches the compiler cannot drop: GCC deletes a loop of nothing but __builtin_prefetch
+// calls as free of side effects. prefetcht1 exists on every x86-64.
 
-// Merges a chunk's scanned words with its evicted ring entries (both ascending) into `work`.
-size_t Merge(const Work* scanned, size_t found, const RingSlot& evict, size_t e0, size_t e1, Work* work) {
-  size_t n = 0, k = 0, e = e0;
-  while (k < found && e < e1) {
-    const uint32_t ni = scanned[k].index, ei = evict.index[e];
-    if (ni < ei) {
-      work[n++] = scanned[k++];
-    } else if (ei < ni) {
-      work[n++] = Work{0, evict.word[e], ei};
-      e++;
-    } else {
-      work[n++] = Work{scanned[k++].set, evict.word[e++], ni};
-    }
-  }
-  for (; k < found; k++) work[n++] = scanned[k];
-  for (; e < e1; e++) work[n++] = Work{0, evict.word[e], evict.index[e]};
-  return n;
+// Prefetches into L2 (prefetcht1), not L1: measured on the project machine, a push with
+// prefetcht0 took 10.6 ms at 1 TiB and with prefetcht1 7.9 ms (prefetchw: no gain). The L1's
+// few miss buffers cap the lines in flight; the L2 tracks many more, and a line is read from L2
+// a few hundred cycles later at little cost.
+inline void PrefetchL2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+
+inline void PrefetchWordState(const AnalyzerState& s, uint32_t index) {
+  const uint16_t* stamp = s.Stamps(index);
+  PrefetchL2(stamp);
+  PrefetchL2(stamp + 32);
 }
 
-// One streaming pass over the bitmap, merged with the (ascending) evicted list, in chunks:
-// scan chunk c and prefetch its words' state, then process chunk c - 1 (whose lines arrived
-// meanwhile). Three work lists rotate: the pending one, and the scan and merge targets.
-// (Measured on the project machine: 128-word chunks beat 32..1024, and prefetching two or
-// three chunks ahead gains nothing over one.)
-PassTotals RunPass(AnalyzerState& s, const uint8_t* bitmap, const RingSlot& evict, RingSlot& out,
-                   const PassOps& ops) {
+// One part of the pass: one streaming scan of the part's bitmap words, in chunks; every
+// nonzero word found is queued and its state lines prefetched, and the queue is processed up to
+// its newest kLagWords entries, whose lines are still on their way.
+PassTotals RunPart(AnalyzerState& s, Part& part, const uint8_t* bitmap, RingSlot& out, const PassOps& ops) {
   PassTotals t;
-  size_t e = 0;
-  int pending = 2;  // nothing pending yet (pendingCount 0)
-  size_t pendingCount = 0;
-  for (uint64_t c0 = 0; c0 < s.words; c0 += kChunkWords) {
-    const uint64_t c1 = c0 + kChunkWords < s.words ? c0 + kChunkWords : s.words;
-    for (uint64_t r = (c0 + s.regionWords - 1) / s.regionWords; r * s.regionWords < c1; r++) s.region[r] = 0;
-    const int scanned = (pending + 1) % 3;  // the two lists other than the pending one
-    const int merged = (pending + 2) % 3;
-    size_t n = ops.scan(s, bitmap, c0, c1, s.work[scanned].data());
-    const size_t e0 = e;
-    while (e < evict.size && evict.index[e] < c1) e++;
-    int current = scanned;
-    if (e != e0) {
-      n = Merge(s.work[scanned].data(), n, evict, e0, e, s.work[merged].data());
-      current = merged;
+  Work* queue = part.work.data();
+  size_t head = 0, tail = 0;
+  auto drain = [&](size_t upTo) {
+    const size_t n = upTo - head;
+    if (!n) return;
+    out.Reserve(out.size + n);
+    ops.process(s, part.curve, queue + head, n, out, t);
+    head = upTo;
+  };
+  for (uint64_t c0 = part.begin; c0 < part.end; c0 += kChunkWords) {
+    const uint64_t c1 = std::min(c0 + kChunkWords, part.end);
+    for (uint64_t r = (c0 + s.regionWords - 1) >> s.regionShift; r << s.regionShift < c1; r++) s.region[r] = 0;
+    if (tail + kChunkWords + kScanSlack > kQueueEntries) {
+      std::memmove(queue, queue + head, (tail - head) * sizeof(Work));
+      tail -= head;
+      head = 0;
     }
-    const Work* work = s.work[current].data();
-    for (size_t k = 0; k < n; k++) {
-      // Heat line always; the stamp lines only for set words.
-      const uint8_t* block = s.Heat(work[k].index);
-      PrefetchLine(block);
-      if (work[k].set) {
-        PrefetchLine(block + 64);
-        PrefetchLine(block + 128);
-      }
-    }
-    if (pendingCount) {
-      out.Reserve(out.size + pendingCount);
-      ops.process(s, s.work[pending].data(), pendingCount, out, t);
-    }
-    pending = current;
-    pendingCount = n;
+    const size_t found = ops.scan(s, bitmap, c0, c1, queue + tail);
+    for (size_t k = tail; k < tail + found; k++) PrefetchWordState(s, queue[k].index);
+    tail += found;
+    if (tail - head > kLagWords) drain(tail - kLagWords);
   }
-  if (pendingCount) {
-    out.Reserve(out.size + pendingCount);
-    ops.process(s, s.work[pending].data(), pendingCount, out, t);
-  }
+  drain(tail);
   return t;
 }
 
-// Keeps every stamp's true age below 2^16 (see analyzer.h): a stamp older than R intervals is
-// set back to exactly R old, which changes no query (both are outside every curve window).
+// Part 1 on the worker, part 0 here; part 1's curve deltas are added after the join.
+PassTotals RunParts(AnalyzerState& s, const uint8_t* bitmap, const PassOps& ops) {
+  if (s.parts == 1) return RunPart(s, s.part[0], bitmap, s.Slot(s.now, 0), ops);
+  Part& second = s.part[1];
+  std::fill(second.curveDelta.begin(), second.curveDelta.end(), 0);
+  RingSlot& secondOut = s.Slot(s.now, 1);
+  s.worker->Start([&s, &second, &secondOut, bitmap, &ops] { second.totals = RunPart(s, second, bitmap, secondOut, ops); });
+  PassTotals t;
+  try {
+    t = RunPart(s, s.part[0], bitmap, s.Slot(s.now, 0), ops);
+  } catch (...) {
+    s.worker->Wait();
+    throw;
+  }
+  s.worker->Wait();
+  for (uint32_t i = 0; i < s.curveIntervals; i++) s.curve[i] += second.curveDelta[i];
+  t.dirty += second.totals.dirty;
+  t.newly += second.totals.newly;
+  t.setWords += second.totals.setWords;
+  return t;
+}
+
+// Keeps every stamp's age unambiguous (see analyzer.h "Window"): a stamp at least R intervals
+// old is set to one of the two clamped classes, "old, outside the window" (age oldOut) or "old,
+// in the window" (age oldIn), chosen from its natural age or its current class. Neither
+// changes a curve query (both are outside every curve window).
 void Sweep(AnalyzerState& s) {
   const uint16_t now16 = static_cast<uint16_t>(s.now);
-  const uint16_t clamped = static_cast<uint16_t>(now16 - s.curveIntervals);
+  const uint16_t young = static_cast<uint16_t>(s.curveIntervals);
+  const uint16_t out = static_cast<uint16_t>(now16 - s.oldOut);
+  const uint16_t in = static_cast<uint16_t>(now16 - s.oldIn);
   for (uint64_t k = 0; k < s.sweepWords; k++) {
     uint16_t* stamp = s.Stamps(s.sweepCursor);
     for (unsigned b = 0; b < 64; b++) {
       const uint16_t age = static_cast<uint16_t>(now16 - stamp[b]);
-      stamp[b] = age >= s.curveIntervals ? clamped : stamp[b];
+      stamp[b] = age < young ? stamp[b] : s.InWindow(age) ? in : out;
     }
     s.sweepCursor = s.sweepCursor + 1 == s.words ? 0 : s.sweepCursor + 1;
   }
+}
+
+// The replay of one part (see ReplayLastPattern): the part's bitmap streamed chunk by chunk,
+// each chunk's set words prefetched when their chunk is read and touched kLagWords later.
+uint64_t ReplayPart(AnalyzerState& s, const Part& part, const uint8_t* bitmap, RingSlot& set) {
+  const Kernels& kernels = KernelsFor(ActiveLevel());
+  const uint64_t bitmapBytes = BitmapBytes(s.config.pages);
+  uint64_t sum = 0;
+  auto touch = [&sum](void* line) {
+    uint64_t* q = static_cast<uint64_t*>(line);
+    uint64_t v = *q;
+    asm volatile("" : "+r"(v));  // a real read and write of the line, value unchanged
+    *q = v;
+    sum += v;
+  };
+  auto touchEntry = [&](size_t k) {
+    uint16_t* stamp = s.Stamps(set.index[k]);
+    touch(stamp);
+    touch(stamp + 32);
+    // The ring entry is written by the pass: rewrite it.
+    uint64_t w = set.word[k];
+    uint32_t x = set.index[k];
+    asm volatile("" : "+r"(w), "+r"(x));
+    set.word[k] = w;
+    set.index[k] = x;
+  };
+  size_t fetched = 0, done = 0;
+  for (uint64_t c0 = part.begin; c0 < part.end; c0 += kChunkWords) {
+    const uint64_t c1 = std::min(c0 + kChunkWords, part.end);
+    sum += kernels.stream(bitmap + c0 * 8, std::min(c1 * 8, bitmapBytes) - c0 * 8, nullptr, 0);
+    for (; fetched < set.size && set.index[fetched] < c1; fetched++) PrefetchWordState(s, set.index[fetched]);
+    for (; done + kLagWords < fetched; done++) touchEntry(done);
+  }
+  for (; done < set.size; done++) touchEntry(done);
+  return sum;
 }
 
 }  // namespace
@@ -197,7 +229,57 @@ void RingSlot::Reserve(size_t n) {
   capacity = grown;
 }
 
-AnalyzerState::~AnalyzerState() { std::free(blocks); }
+Worker::Worker() : thread_([this] { Loop(); }) {}
+
+Worker::~Worker() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void Worker::Start(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = std::move(job);
+    error_ = nullptr;
+    pending_ = true;
+  }
+  wake_.notify_all();
+}
+
+void Worker::Wait() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [this] { return !pending_; });
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+}
+
+void Worker::Loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [this] { return pending_ || stop_; });
+    if (stop_) return;
+    std::function<void()> job = std::move(job_);
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      job();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    error_ = error;
+    pending_ = false;
+    done_.notify_all();
+  }
+}
+
+AnalyzerState::~AnalyzerState() {
+  worker.reset();  // joins the thread before the state it uses goes
+  std::free(stamps);
+}
 
 const PassOps& ScalarPassOps() {
   static const PassOps ops = {ScanScalar, ProcessScalar};
@@ -217,18 +299,25 @@ void Analyzer::Validate(const AnalyzerConfig& c) {
     throw std::out_of_range("curveLevels must be an integer from 1 to 16");
   if (!ValidRegionPages(c.regionPages))
     throw std::out_of_range("regionPages must be a power of two from 512 to 262144");
+  if (c.threads > kMaxThreads) throw std::out_of_range("threads must be an integer from 0 to 2");
+}
+
+uint32_t Analyzer::ThreadsFor(const AnalyzerConfig& c) {
+  Validate(c);
+  if (c.threads) return c.threads;
+  return c.pages >= kParallelMinPages && std::thread::hardware_concurrency() >= 2 ? 2 : 1;
 }
 
 AnalyzerMemory Analyzer::MemoryFor(const AnalyzerConfig& c) {
-  Validate(c);
+  const uint32_t parts = ThreadsFor(c);
   const uint64_t words = (c.pages + 63) / 64;
   const uint64_t regions = bitmap::RegionCount(c.pages, c.regionPages);
   const uint64_t curveIntervals = uint64_t{1} << (c.curveLevels - 1);
   AnalyzerMemory m;
-  m.fixedBytes = words * detail::kBlockBytes + regions * 4 + (c.heatIntervals + 2) * 8 + curveIntervals * 8 +
-                 (c.heatIntervals + 1) * sizeof(detail::RingSlot) +
-                 detail::kWorkLists * (detail::kChunkWords + detail::kScanSlack) * sizeof(detail::Work);
-  m.ringBytesMax = uint64_t{c.heatIntervals + 1} * words * (sizeof(uint32_t) + sizeof(uint64_t));
+  m.fixedBytes = words * detail::kStampBytesPerWord + regions * 4 + curveIntervals * 8 +
+                 uint64_t{c.heatIntervals} * parts * sizeof(detail::RingSlot) +
+                 parts * detail::kQueueEntries * sizeof(detail::Work) + (parts - 1) * curveIntervals * 8;
+  m.ringBytesMax = uint64_t{c.heatIntervals} * words * (sizeof(uint32_t) + sizeof(uint64_t));
   return m;
 }
 
@@ -240,27 +329,41 @@ Analyzer::Analyzer(const AnalyzerConfig& config) : state_(std::make_unique<Analy
   s.fullWords = config.pages / 64;
   s.tailPages = config.pages % 64;
   s.regionWords = config.regionPages / 64;
+  s.regionShift = detail::Ctz(s.regionWords);
   s.regions = bitmap::RegionCount(config.pages, config.regionPages);
   s.curveIntervals = uint32_t{1} << (config.curveLevels - 1);
-  // Each word's stamps must be visited at least every 2^16 - R - 1 pushes (see analyzer.h).
-  const uint64_t sweepPeriod = 65536 - uint64_t{s.curveIntervals} - 1;
+  // The sweep visits each word at least every P pushes, P = (2^16 - 2 - R) / 3, so that the
+  // four age ranges (young, natural old, two clamped classes) fit 16 bits (see analyzer.h).
+  const uint64_t sweepPeriod = (65534 - uint64_t{s.curveIntervals}) / 3;
   s.sweepWords = (s.words + sweepPeriod - 1) / sweepPeriod;
+  s.oldOut = static_cast<uint16_t>(s.curveIntervals + sweepPeriod);
+  s.oldIn = static_cast<uint16_t>(s.curveIntervals + 2 * sweepPeriod + 1);
+  s.parts = ThreadsFor(config);
 
-  s.blocks = detail::AllocateBlocks(s.words * detail::kBlockBytes, &s.blocksBytes);
-  // Every page starts exactly R intervals old: outside every curve window, like a clamped stamp.
-  const uint16_t initial = static_cast<uint16_t>(0 - s.curveIntervals);
-  for (uint64_t w = 0; w < s.words; w++) {
-    std::memset(s.Heat(w), 0, 64);
-    uint16_t* stamp = s.Stamps(w);
-    for (unsigned b = 0; b < 64; b++) stamp[b] = initial;
-  }
+  s.stamps = reinterpret_cast<uint16_t*>(
+      detail::AllocateHuge(s.words * detail::kStampBytesPerWord, &s.stampsBytes));
+  // Every page starts clamped "old, outside the window": outside every curve window too.
+  const uint16_t initial = static_cast<uint16_t>(0 - s.oldOut);
+  std::fill(s.stamps, s.stamps + s.words * 64, initial);
   s.region.assign(s.regions, 0);
-  s.heatAtLeast.assign(config.heatIntervals + 2, 0);
-  s.heatAtLeast[0] = config.pages;
   s.curve.assign(s.curveIntervals, 0);
-  s.ring.resize(config.heatIntervals);
-  s.work.resize(detail::kWorkLists);
-  for (std::vector<detail::Work>& w : s.work) w.resize(detail::kChunkWords + detail::kScanSlack);
+  s.ring.resize(uint64_t{config.heatIntervals} * s.parts);
+  s.part.resize(s.parts);
+  // Part 1 starts at a region boundary near the middle (possibly 0 for a forced split of a tiny guest).
+  const uint64_t middle = s.parts == 1 ? s.words : s.words / 2 / s.regionWords * s.regionWords;
+  for (uint32_t p = 0; p < s.parts; p++) {
+    detail::Part& part = s.part[p];
+    part.begin = p == 0 ? 0 : middle;
+    part.end = p + 1 == s.parts ? s.words : middle;
+    part.work.resize(detail::kQueueEntries);
+    if (p == 0) {
+      part.curve = s.curve.data();
+    } else {
+      part.curveDelta.assign(s.curveIntervals, 0);
+      part.curve = part.curveDelta.data();
+    }
+  }
+  if (s.parts > 1) s.worker = std::make_unique<detail::Worker>();
 }
 
 Analyzer::~Analyzer() = default;
@@ -270,14 +373,15 @@ PushResult Analyzer::Push(const uint8_t* bitmap, SimdLevel level) {
   s.now++;
   // The curve slot of interval now held interval now - R, which has just left every window.
   s.curve[s.now & (s.curveIntervals - 1)] = 0;
-  // The ring slot of interval now holds interval now - K, which leaves the heat window during
-  // the pass; the new interval goes to the spare slot, which then takes its place.
-  detail::RingSlot& evict = s.ring[s.now % s.config.heatIntervals];
-  s.spare.size = 0;
+  // The ring slots of interval now hold interval now - K, which leaves the heat window: dropped.
+  uint64_t evicted = 0;
+  for (uint32_t p = 0; p < s.parts; p++) {
+    detail::RingSlot& slot = s.Slot(s.now, p);
+    evicted += slot.size;
+    slot.size = 0;
+  }
   const detail::PassOps& ops = level == SimdLevel::kAvx2 && CpuHasAvx2() ? detail::Avx2PassOps() : detail::ScalarPassOps();
-  const detail::PassTotals t = detail::RunPass(s, bitmap, evict, s.spare, ops);
-  const uint64_t evicted = evict.size;
-  std::swap(evict, s.spare);
+  const detail::PassTotals t = detail::RunParts(s, bitmap, ops);
   s.curve[s.now & (s.curveIntervals - 1)] = t.dirty;
   s.windowDirty += t.newly;
   detail::Sweep(s);
@@ -286,10 +390,8 @@ PushResult Analyzer::Push(const uint8_t* bitmap, SimdLevel level) {
   tr.nonzeroWords = t.setWords;
   tr.evictedWords = evicted;
   tr.sweptWords = s.sweepWords;
-  tr.readBytes = BitmapBytes(s.config.pages) + t.setWords * detail::kSetReadBytes + evicted * detail::kEvictReadBytes +
-                 t.evictOnlyWords * detail::kEvictOnlyBytes + s.sweepWords * detail::kSweepWordBytes;
-  tr.writeBytes = t.setWords * detail::kSetWriteBytes + t.evictOnlyWords * detail::kEvictOnlyBytes + s.regions * 4 +
-                  s.sweepWords * detail::kSweepWordBytes;
+  tr.readBytes = BitmapBytes(s.config.pages) + t.setWords * detail::kSetReadBytes + s.sweepWords * detail::kSweepWordBytes;
+  tr.writeBytes = t.setWords * detail::kSetWriteBytes + s.regions * 4 + s.sweepWords * detail::kSweepWordBytes;
   return {t.dirty, t.newly, s.windowDirty};
 }
 
@@ -297,14 +399,79 @@ void Analyzer::RegionHistogram(uint32_t* out) const {
   std::memcpy(out, state_->region.data(), state_->regions * sizeof(uint32_t));
 }
 
+// Heat on demand from the ring (see analyzer.h): the ring lists are walked together in chunks
+// of words; each list entry is added into per-word bit-sliced counters (7 planes: heat <= 64),
+// then each touched word's 64 counters are read out in groups of equal value (one AND chain per
+// distinct value, usually one or two per word).
 void Analyzer::HeatHistogram(uint64_t* out) const {
-  const uint64_t* atLeast = state_->heatAtLeast.data();
-  for (uint32_t h = 0; h <= state_->config.heatIntervals; h++) out[h] = atLeast[h] - atLeast[h + 1];
+  AnalyzerState& s = *state_;
+  constexpr uint64_t kChunk = 1024;
+  constexpr unsigned kPlanes = 7;
+  const uint32_t bins = s.config.heatIntervals + 1;
+  std::fill(out, out + bins, 0);
+  std::vector<uint64_t> planes(kChunk * kPlanes, 0);
+  uint64_t touched[kChunk / 64] = {};
+  std::vector<size_t> cursor(s.ring.size(), 0);
+  uint64_t heated = 0;  // pages with heat >= 1
+  for (uint64_t c0 = 0; c0 < s.words; c0 += kChunk) {
+    const uint64_t c1 = c0 + kChunk;
+    for (size_t j = 0; j < s.ring.size(); j++) {
+      const detail::RingSlot& slot = s.ring[j];
+      size_t i = cursor[j];
+      for (; i < slot.size && slot.index[i] < c1; i++) {
+        const uint64_t local = slot.index[i] - c0;
+        uint64_t* pl = &planes[local * kPlanes];
+        uint64_t carry = slot.word[i];
+        for (unsigned b = 0; b < kPlanes && carry; b++) {
+          const uint64_t next = pl[b] & carry;
+          pl[b] ^= carry;
+          carry = next;
+        }
+        touched[local / 64] |= uint64_t{1} << (local % 64);
+      }
+      cursor[j] = i;
+    }
+    for (uint64_t g = 0; g < kChunk / 64; g++) {
+      for (uint64_t m = touched[g]; m; m &= m - 1) {
+        uint64_t* pl = &planes[(g * 64 + detail::Ctz(m)) * kPlanes];
+        uint64_t lanes = 0;
+        for (unsigned b = 0; b < kPlanes; b++) lanes |= pl[b];
+        while (lanes) {
+          const unsigned lane = detail::Ctz(lanes);
+          uint32_t value = 0;
+          uint64_t group = lanes;
+          for (unsigned b = 0; b < kPlanes; b++) {
+            const bool bit = (pl[b] >> lane) & 1;
+            value |= uint32_t{bit} << b;
+            group &= bit ? pl[b] : ~pl[b];
+          }
+          const uint64_t n = detail::PopcountScalar(group);
+          out[value] += n;
+          heated += n;
+          lanes &= ~group;
+        }
+        for (unsigned b = 0; b < kPlanes; b++) pl[b] = 0;
+      }
+      touched[g] = 0;
+    }
+  }
+  out[0] = s.config.pages - heated;
 }
 
 uint32_t Analyzer::Heat(uint64_t page) const {
-  if (page >= state_->config.pages) throw std::out_of_range("page must be below pages");
-  return state_->Heat(page / 64)[page % 64] & detail::kHeatMask;
+  AnalyzerState& s = *state_;
+  if (page >= s.config.pages) throw std::out_of_range("page must be below pages");
+  const uint32_t word = static_cast<uint32_t>(page / 64);
+  const uint32_t p = s.parts > 1 && word >= s.part[1].begin ? 1 : 0;
+  uint32_t heat = 0;
+  for (uint32_t t = 0; t < s.config.heatIntervals; t++) {
+    const detail::RingSlot& slot = s.ring[uint64_t{t} * s.parts + p];
+    const uint32_t* begin = slot.index.get();
+    const uint32_t* end = begin + slot.size;
+    const uint32_t* it = std::lower_bound(begin, end, word);
+    if (it != end && *it == word) heat += (slot.word[it - begin] >> (page % 64)) & 1;
+  }
+  return heat;
 }
 
 void Analyzer::DirtyCurve(uint64_t* out) const {
@@ -320,98 +487,55 @@ void Analyzer::DirtyCurve(uint64_t* out) const {
 }
 
 void Analyzer::ResetWindow() {
-  // O(pages): clears the window bit of every heat byte (a reset is rare: a new migration).
-  for (uint64_t w = 0; w < state_->words; w++) {
-    uint8_t* heat = state_->Heat(w);
-    for (unsigned b = 0; b < 64; b++) heat[b] = static_cast<uint8_t>(heat[b] & detail::kHeatMask);
+  AnalyzerState& s = *state_;
+  // Natural ages leave the window by moving its start; the clamped "in the window" class is
+  // rewritten as "outside" (O(pages): a reset is rare, one per migration).
+  s.windowStart = s.now + 1;
+  const uint16_t now16 = static_cast<uint16_t>(s.now);
+  const uint16_t out = static_cast<uint16_t>(now16 - s.oldOut);
+  const uint16_t oldIn = s.oldIn;
+  uint16_t* stamp = s.stamps;
+  for (uint64_t i = 0; i < s.words * 64; i++) {
+    const uint16_t age = static_cast<uint16_t>(now16 - stamp[i]);
+    stamp[i] = age >= oldIn ? out : stamp[i];
   }
-  state_->windowDirty = 0;
+  s.windowDirty = 0;
 }
 
 uint64_t Analyzer::MemoryBytes() const {
   const AnalyzerState& s = *state_;
-  uint64_t ring = s.spare.capacity * (sizeof(uint32_t) + sizeof(uint64_t));
+  uint64_t ring = 0;
   for (const detail::RingSlot& slot : s.ring) ring += slot.capacity * (sizeof(uint32_t) + sizeof(uint64_t));
-  return MemoryFor(s.config).fixedBytes + (s.blocksBytes - s.words * detail::kBlockBytes) + ring;
+  return MemoryFor(s.config).fixedBytes + (s.stampsBytes - s.words * detail::kStampBytesPerWord) + ring;
 }
 
 uint64_t Analyzer::ReplayLastPattern(const uint8_t* bitmap) {
   AnalyzerState& s = *state_;
-  uint64_t sum = KernelsFor(ActiveLevel()).stream(bitmap, BitmapBytes(s.config.pages), nullptr, 0);
-  // After a push, the slot of interval now holds its set words and `spare` the evicted ones.
-  detail::RingSlot& set = s.ring[s.now % s.config.heatIntervals];
-  const detail::RingSlot& evicted = s.spare;
-  auto touch = [&sum](void* line) {
-    uint64_t* q = static_cast<uint64_t*>(line);
-    uint64_t v = *q;
-    asm volatile("" : "+r"(v));  // a real read and write of the line, value unchanged
-    *q = v;
-    sum += v;
-  };
-  // The pass's structure without its arithmetic: chunks of words, the chunk's entries
-  // prefetched while the previous chunk's are touched.
-  size_t i = 0, e = 0, pendingCount = 0;
-  int pending = 2;
-  for (uint64_t c0 = 0; c0 < s.words; c0 += detail::kChunkWords) {
-    const uint64_t c1 = c0 + detail::kChunkWords;
-    const int current = (pending + 1) % 3;
-    detail::Work* work = s.work[current].data();
-    size_t n = 0;
-    while ((i < set.size && set.index[i] < c1) || (e < evicted.size && evicted.index[e] < c1)) {
-      const uint64_t si = i < set.size ? set.index[i] : UINT64_MAX;
-      const uint64_t ei = e < evicted.size ? evicted.index[e] : UINT64_MAX;
-      sum += e < evicted.size ? evicted.word[e] : 0;
-      if (si <= ei) {
-        work[n++] = detail::Work{set.word[i], 0, static_cast<uint32_t>(si)};
-        i++;
-        if (si == ei) e++;
-      } else {
-        work[n++] = detail::Work{0, evicted.word[e], static_cast<uint32_t>(ei)};
-        e++;
-      }
-    }
-    for (size_t k = 0; k < n; k++) {
-      uint8_t* block = s.Heat(work[k].index);
-      detail::PrefetchLine(block);
-      if (work[k].set) {
-        detail::PrefetchLine(block + 64);
-        detail::PrefetchLine(block + 128);
-      }
-    }
-    const detail::Work* previous = s.work[pending].data();
-    for (size_t k = 0; k < pendingCount; k++) {
-      uint8_t* block = s.Heat(previous[k].index);
-      touch(block);
-      if (previous[k].set) {
-        touch(block + 64);
-        touch(block + 128);
-      }
-    }
-    pending = current;
-    pendingCount = n;
-  }
-  const detail::Work* previous = s.work[pending].data();
-  for (size_t k = 0; k < pendingCount; k++) {
-    uint8_t* block = s.Heat(previous[k].index);
-    touch(block);
-    if (previous[k].set) {
-      touch(block + 64);
-      touch(block + 128);
-    }
-  }
-  // The new ring entries are written by the pass: rewrite them.
-  for (size_t k = 0; k < set.size; k++) {
-    uint64_t w = set.word[k];
-    uint32_t x = set.index[k];
-    asm volatile("" : "+r"(w), "+r"(x));
-    set.word[k] = w;
-    set.index[k] = x;
-  }
-  return sum;
+  if (s.parts == 1) return detail::ReplayPart(s, s.part[0], bitmap, s.Slot(s.now, 0));
+  uint64_t second = 0;
+  detail::RingSlot& secondSet = s.Slot(s.now, 1);
+  s.worker->Start([&s, &second, &secondSet, bitmap] { second = detail::ReplayPart(s, s.part[1], bitmap, secondSet); });
+  const uint64_t first = detail::ReplayPart(s, s.part[0], bitmap, s.Slot(s.now, 0));
+  s.worker->Wait();
+  return first + second;
+}
+
+uint64_t StreamOnThreads(const uint8_t* src, size_t srcBytes, uint8_t* dst, size_t dstBytes, uint32_t threads) {
+  const Kernels& kernels = KernelsFor(ActiveLevel());
+  if (threads < 2) return kernels.stream(src, srcBytes, dst, dstBytes);
+  static detail::Worker worker;  // one for the process, started on first use like an analyzer's
+  const size_t srcHalf = srcBytes / 2 / 64 * 64, dstHalf = dstBytes / 2 / 64 * 64;
+  uint64_t upper = 0;
+  uint8_t* dstUpper = dstBytes ? dst + dstHalf : dst;  // dst may be null when dstBytes is 0
+  worker.Start([&] { upper = kernels.stream(src + srcHalf, srcBytes - srcHalf, dstUpper, dstBytes - dstHalf); });
+  const uint64_t lower = kernels.stream(src, srcHalf, dst, dstHalf);
+  worker.Wait();
+  return lower ^ upper;
 }
 
 uint64_t Analyzer::Intervals() const { return state_->now; }
 uint64_t Analyzer::RegionCount() const { return state_->regions; }
+uint32_t Analyzer::Threads() const { return state_->parts; }
 const AnalyzerConfig& Analyzer::Config() const { return state_->config; }
 const PushTraffic& Analyzer::LastTraffic() const { return state_->traffic; }
 

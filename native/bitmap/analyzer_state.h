@@ -1,9 +1,14 @@
 // The Analyzer's state and the per-level parts of its pass (internal to native/bitmap).
 #pragma once
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "bitmap/analyzer.h"
@@ -16,20 +21,7 @@ struct FreeDeleter {
 template <typename T>
 using Array = std::unique_ptr<T[], FreeDeleter>;
 
-/**
- * Per 64-page word, its pages' state in one 192-byte block (three cache lines): 64 heat bytes,
- * then 64 u16 stamps. One block per word instead of distant arrays keeps a word's state in
- * adjacent lines: the pass is bound by scattered cache-line misses, so lines per dirty word is
- * what matters. A heat byte holds the heat in its low 7 bits (0 .. 64) and the page's window
- * bit (dirty since the window started) in its top bit: the window needs no array of its own,
- * and its 64 bits of a word are two movemasks of the heat vectors.
- */
-constexpr uint8_t kHeatMask = 0x7F;
-constexpr uint8_t kWindowBit = 0x80;
-constexpr uint64_t kBlockBytes = 192;
-constexpr uint64_t kStampOffset = 64;
-
-/** The nonzero words of one interval in ascending word order, kept while it is in the heat window. */
+/** One part's nonzero words of one interval in ascending word order, kept while it is in the heat window. */
 struct RingSlot {
   Array<uint32_t> index;
   Array<uint64_t> word;
@@ -39,11 +31,57 @@ struct RingSlot {
   void Reserve(size_t n);
 };
 
-/** One word to update: its pages dirtied in the new interval, and those leaving the heat window. */
+/** One nonzero word of the new interval. */
 struct Work {
-  uint64_t set;      // dirty in the new interval
-  uint64_t cleared;  // dirty in interval now - K (being evicted)
-  uint32_t index;    // word index
+  uint64_t set;    // its dirty pages
+  uint32_t index;  // word index
+};
+
+/** Counts of one pass (or one part of it), for PushResult and PushTraffic. */
+struct PassTotals {
+  uint64_t dirty = 0;
+  uint64_t newly = 0;
+  uint64_t setWords = 0;  // words dirty in the new interval
+};
+
+/**
+ * A persistent helper thread running one job at a time: the second half of a push on a large
+ * guest. Started once per analyzer (a thread start per push would cost more than it saves).
+ */
+class Worker {
+ public:
+  Worker();
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  void Start(std::function<void()> job);
+  /** Waits for the job; rethrows what it threw. */
+  void Wait();
+
+ private:
+  void Loop();
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::function<void()> job_;
+  std::exception_ptr error_;
+  bool pending_ = false;
+  bool stop_ = false;
+  std::thread thread_;  // last: started after the members it uses
+};
+
+/**
+ * One thread's share of a push: words [begin, end), a multiple of regionWords apart so no
+ * region straddles two parts. Its curve updates go to `curve`: the analyzer's own counters for
+ * part 0, a private delta array (added after the join, mod 2^64) for part 1.
+ */
+struct Part {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  std::vector<Work> work;  // queue of scanned words waiting for their state lines
+  std::vector<uint64_t> curveDelta;
+  uint64_t* curve = nullptr;
+  PassTotals totals;
 };
 
 struct AnalyzerState {
@@ -52,24 +90,35 @@ struct AnalyzerState {
   uint64_t fullWords = 0;  // pages / 64
   uint64_t tailPages = 0;  // pages % 64
   uint64_t regionWords = 0;
+  unsigned regionShift = 0;  // log2(regionWords): a shift, not a division, per nonzero word
   uint64_t regions = 0;
   uint32_t curveIntervals = 0;  // R = 2^(L-1)
   uint64_t sweepWords = 0;      // words whose stamps the sweep visits per push
   uint64_t sweepCursor = 0;
   uint64_t now = 0;  // intervals pushed; interval numbers start at 1
   uint64_t windowDirty = 0;
+  uint64_t windowStart = 1;  // first interval of the window
+  // Stamp ages (now - stamp mod 2^16), see analyzer.h "Window": young below R, natural old
+  // below oldOut, then the clamped classes "old, outside the window" [oldOut, oldOut + P] and
+  // "old, in the window" [oldIn, oldIn + P], P = the sweep period bound.
+  uint16_t oldOut = 0;
+  uint16_t oldIn = 0;
+  /** Ages up to this are natural ages of pages dirtied since the window started (see analyzer.h). */
+  uint16_t WindowAgeLimit() const {
+    const uint64_t windowAge = now - windowStart;
+    return static_cast<uint16_t>(windowAge < oldOut ? windowAge : oldOut - 1);
+  }
+  /** Whether a page of stamp age `age` was dirtied since the window started (age >= 1). */
+  bool InWindow(uint16_t age) const { return age <= WindowAgeLimit() || age >= oldIn; }
+  uint32_t parts = 1;  // threads of a push
 
-  uint8_t* blocks = nullptr;    // words * kBlockBytes (heat, stamps), see kBlockBytes
-  size_t blocksBytes = 0;
-  std::vector<uint32_t> region;         // regions: dirty pages in the last interval
-  // heatAtLeast[h] = pages whose heat is >= h, h = 0 .. K + 1 (so [0] = pages, [K + 1] = 0):
-  // moving a group of pages from heat v to v + 1 is one update (heatAtLeast[v + 1] += n)
-  // instead of two histogram bins, and the histogram is its difference.
-  std::vector<uint64_t> heatAtLeast;
-  std::vector<uint64_t> curve;          // R: pages last dirtied at interval t, at t mod R
-  std::vector<RingSlot> ring;           // K: interval t at t mod K
-  RingSlot spare;                       // receives the new interval while its slot is evicted
-  std::vector<std::vector<Work>> work;  // the pass's work lists: queued, scanned, merged
+  uint16_t* stamps = nullptr;  // words * 64: interval (mod 2^16) each page was last dirtied
+  size_t stampsBytes = 0;
+  std::vector<uint32_t> region;  // regions: dirty pages in the last interval
+  std::vector<uint64_t> curve;   // R: pages last dirtied at interval t, at t mod R
+  std::vector<RingSlot> ring;    // K * parts: part p of interval t at (t mod K) * parts + p
+  std::vector<Part> part;
+  std::unique_ptr<Worker> worker;  // parts > 1 only
   PushTraffic traffic{};
 
   AnalyzerState() = default;
@@ -77,18 +126,8 @@ struct AnalyzerState {
   AnalyzerState& operator=(const AnalyzerState&) = delete;
   ~AnalyzerState();
 
-  uint8_t* Heat(uint64_t word) const { return blocks + word * kBlockBytes; }
-  uint16_t* Stamps(uint64_t word) const {
-    return reinterpret_cast<uint16_t*>(blocks + word * kBlockBytes + kStampOffset);
-  }
-};
-
-/** Counts of one pass, for PushResult and PushTraffic. */
-struct PassTotals {
-  uint64_t dirty = 0;
-  uint64_t newly = 0;
-  uint64_t setWords = 0;        // words dirty in the new interval
-  uint64_t evictOnlyWords = 0;  // evicted words not dirty in the new interval
+  uint16_t* Stamps(uint64_t word) const { return stamps + word * 64; }
+  RingSlot& Slot(uint64_t interval, uint32_t p) { return ring[(interval % config.heatIntervals) * parts + p]; }
 };
 
 /** Slack after a scan's entries: scans write a few entries past the count (branch-free). */
@@ -96,14 +135,14 @@ constexpr size_t kScanSlack = 8;
 
 /**
  * The level-specific halves of the pass. Scan: the nonzero words of [begin, end) (the last
- * word masked to `pages`) into `out` as {set = word, cleared = 0}, adding their popcounts to
- * s.region; returns how many (out holds end - begin + kScanSlack entries).
- * Process: applies n work entries (heat, its histogram, window bits, stamps, curve), appending the
- * set words to `out` (capacity reserved by the caller).
+ * word masked to `pages`) into `out`, adding their popcounts to s.region; returns how many (out
+ * holds end - begin + kScanSlack entries). Process: applies n work entries (newly-dirty
+ * count, stamps, curve counts in `curve`), appending them to `out` (capacity reserved by the caller).
  */
 struct PassOps {
   size_t (*scan)(AnalyzerState& s, const uint8_t* bitmap, uint64_t begin, uint64_t end, Work* out);
-  void (*process)(AnalyzerState& s, const Work* work, size_t n, RingSlot& out, PassTotals& totals);
+  void (*process)(const AnalyzerState& s, uint64_t* curve, const Work* work, size_t n, RingSlot& out,
+                  PassTotals& totals);
 };
 
 const PassOps& ScalarPassOps();

@@ -107,7 +107,8 @@ Napi::Value Extents(const Napi::CallbackInfo& info) {
 Napi::Value Stream(const Napi::CallbackInfo& info) {
   const View<uint8_t> src = Typed<uint8_t>(info[0], napi_uint8_array, "src", "Uint8Array");
   const View<uint8_t> dst = Typed<uint8_t>(info[1], napi_uint8_array, "dst", "Uint8Array");
-  const uint64_t sum = bitmap::Active().stream(src.data, src.length, dst.data, dst.length);
+  const uint32_t threads = info[2].IsUndefined() ? 1 : static_cast<uint32_t>(Integer(info[2], "threads", 1, Analyzer::kMaxThreads));
+  const uint64_t sum = bitmap::StreamOnThreads(src.data, src.length, dst.data, dst.length, threads);
   return Napi::Number::New(info.Env(), static_cast<double>(sum & ((uint64_t{1} << 53) - 1)));
 }
 
@@ -142,6 +143,7 @@ AnalyzerConfig Config(const Napi::CallbackInfo& info) {
   c.heatIntervals = static_cast<uint32_t>(Integer(info[1], "heatIntervals", 1, Analyzer::kMaxHeatIntervals));
   c.curveLevels = static_cast<uint32_t>(Integer(info[2], "curveLevels", 1, Analyzer::kMaxCurveLevels));
   c.regionPages = RegionPages(info[3]);
+  c.threads = info[4].IsUndefined() ? 0 : static_cast<uint32_t>(Integer(info[4], "threads", 0, Analyzer::kMaxThreads));
   return c;
 }
 
@@ -158,6 +160,7 @@ class AnalyzerWrap : public Napi::ObjectWrap<AnalyzerWrap> {
                            InstanceMethod<&AnalyzerWrap::ResetWindow>("resetWindow"),
                            InstanceMethod<&AnalyzerWrap::MemoryBytes>("memoryBytes"),
                            InstanceMethod<&AnalyzerWrap::Intervals>("intervals"),
+                           InstanceMethod<&AnalyzerWrap::Threads>("threads"),
                            InstanceMethod<&AnalyzerWrap::LastTraffic>("lastTraffic"),
                            InstanceMethod<&AnalyzerWrap::ReplayLastPattern>("replayLastPattern"),
                            InstanceMethod<&AnalyzerWrap::Close>("close"),
@@ -257,6 +260,10 @@ class AnalyzerWrap : public Napi::ObjectWrap<AnalyzerWrap> {
 
   Napi::Value Intervals(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), static_cast<double>(Get(info.Env()).Intervals()));
+  }
+
+  Napi::Value Threads(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), Get(info.Env()).Threads());
   }
 
   Napi::Value LastTraffic(const Napi::CallbackInfo& info) {

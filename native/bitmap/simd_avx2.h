@@ -59,11 +59,16 @@ DPA_AVX2_TARGET inline uint64_t EqualBytesMask(__m256i lo, __m256i hi, uint8_t v
   return a | (b << 32);
 }
 
+/** Bit i set when u16 lane i (0..31 over a, b) is all ones (a and b are lane masks: 0 or 0xFFFF). */
+DPA_AVX2_TARGET inline uint32_t PackMasks32(__m256i a, __m256i b) {
+  // packs interleaves the 128-bit halves (a0 b0 a1 b1); the permute puts them back in order.
+  const __m256i packed = _mm256_packs_epi16(a, b);
+  return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(packed, 0xD8)));
+}
+
 /** Bit i set when u16 lane i (0..31 over a, b) equals v. */
 DPA_AVX2_TARGET inline uint32_t EqualWords32(__m256i a, __m256i b, __m256i v) {
-  // packs interleaves the 128-bit halves (a0 b0 a1 b1); the permute puts them back in order.
-  const __m256i packed = _mm256_packs_epi16(_mm256_cmpeq_epi16(a, v), _mm256_cmpeq_epi16(b, v));
-  return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(packed, 0xD8)));
+  return PackMasks32(_mm256_cmpeq_epi16(a, v), _mm256_cmpeq_epi16(b, v));
 }
 
 }  // namespace dpa::bitmap::detail

@@ -24,6 +24,7 @@ import {
   checkPages,
   checkRegionPages,
   checkUint32Out,
+  MAX_ANALYZER_THREADS,
   regionCount,
 } from './validate';
 
@@ -106,12 +107,15 @@ export const nativeKernels: BitmapKernels = { count, orInto, andNot, regionHisto
 /**
  * Reads every byte of `src` and writes every byte of `dst` with plain streaming loads and
  * stores at the current SIMD level: the memory-speed yardstick `dpa bench bitmap` compares the
- * Analyzer against. Returns a checksum of src (so the reads cannot be optimised away).
+ * Analyzer against. `threads` (1 or 2, default 1): with 2 the upper halves of both buffers are
+ * streamed by a persistent native worker thread, as a two-thread push splits its work. Returns a
+ * checksum of src (so the reads cannot be optimised away).
  */
-export function streamBytes(src: Uint8Array, dst: Uint8Array): number {
+export function streamBytes(src: Uint8Array, dst: Uint8Array, threads = 1): number {
   checkBitmap('src', src, 0);
   checkBitmap('dst', dst, 0);
-  return native.bitmapStream(src, dst);
+  checkInteger('threads', threads, 1, MAX_ANALYZER_THREADS);
+  return native.bitmapStream(src, dst, threads);
 }
 
 /** What the last push read and wrote, in data bytes; see native/bitmap/analyzer.h PushTraffic. */
@@ -122,25 +126,28 @@ export type PushTraffic = NativeBitmapTraffic;
  * native/bitmap/analyzer.h for the design). Holds native memory until close() (or, later,
  * garbage collection):
  *
- * - fixed: 768 KiB per GiB of guest (per page a heat byte whose top bit is the window bit,
- *   and a 16-bit last-dirty stamp: 3 bytes per 4 KiB page, 0.75% of guest RAM), plus 4 bytes
- *   per region, 8 * 2^(L-1) bytes of curve counters and ~10 KiB of pass work lists:
- *   {@link Analyzer.FIXED_BYTES_PER_GIB}. A 1 TiB guest: 768 MiB.
- * - heat ring: 12 bytes per nonzero 64-page word per held interval (K + 1 slots); at most
- *   (K + 1) * 48 KiB per GiB (every page dirty every interval), about 3.5% of that for a 2%
+ * - fixed: 512 KiB per GiB of guest (per page a 16-bit last-dirty stamp, which also encodes
+ *   the page's window bit: 2 bytes per 4 KiB page, 0.49% of guest RAM), plus 4 bytes per
+ *   region, 8 * 2^(L-1) bytes of curve counters (twice with two threads) and 32 KiB of prefetch
+ *   queue per thread: {@link Analyzer.FIXED_BYTES_PER_GIB}. A 1 TiB guest: 512 MiB.
+ * - heat ring: 12 bytes per nonzero 64-page word per held interval (K slots); at most
+ *   K * 48 KiB per GiB (every page dirty every interval), about 3.5% of that for a 2%
  *   clustered load. Its high-water capacity is kept and counted by memoryBytes().
  *
- * resetWindow() is O(pages) (it clears the window bit of every page), the rest is
- * proportional to the dirty words.
+ * push() is proportional to the bitmap (streamed) plus the dirty words, and runs on two threads
+ * from 16 GiB guests (option `threads`). heat(page) is K binary searches and heatHistogram()
+ * is computed on demand from the ring, O(ring entries) (~10-20 ms at 1 TiB, 2% dirty, K = 16):
+ * call it at display rate, not per page. resetWindow() is O(pages) (it rewrites the stamps
+ * that record "old, in the window"; ~50 ms at 1 TiB): once per migration.
  */
 export class Analyzer implements DirtyAnalyzer {
-  /** Load-independent native state per GiB of guest (262144 pages = 4096 words of 192 bytes): 786432 bytes. */
-  static readonly FIXED_BYTES_PER_GIB = 4096 * 192;
+  /** Load-independent native state per GiB of guest (262144 pages = 4096 words of 64 stamps of 2 bytes): 524288 bytes. */
+  static readonly FIXED_BYTES_PER_GIB = 4096 * 128;
 
   /** Native memory an analyzer with these options needs: fixed part and heat-ring worst case. */
   static memoryFor(options: AnalyzerOptions): { fixedBytes: number; ringBytesMax: number } {
     const o = checkAnalyzerOptions(options);
-    return native.BitmapAnalyzer.memoryFor(o.pages, o.heatIntervals, o.curveLevels, o.regionPages);
+    return native.BitmapAnalyzer.memoryFor(o.pages, o.heatIntervals, o.curveLevels, o.regionPages, o.threads ?? 0);
   }
 
   readonly options: Readonly<AnalyzerOptions>;
@@ -149,7 +156,7 @@ export class Analyzer implements DirtyAnalyzer {
   constructor(options: AnalyzerOptions) {
     this.options = Object.freeze(checkAnalyzerOptions(options));
     const o = this.options;
-    this.handle = new native.BitmapAnalyzer(o.pages, o.heatIntervals, o.curveLevels, o.regionPages);
+    this.handle = new native.BitmapAnalyzer(o.pages, o.heatIntervals, o.curveLevels, o.regionPages, o.threads ?? 0);
   }
 
   private live(): NativeBitmapAnalyzer {
@@ -199,6 +206,11 @@ export class Analyzer implements DirtyAnalyzer {
     return this.live().intervals();
   }
 
+  /** Threads one push uses (1 or 2; see AnalyzerOptions.threads). */
+  threads(): number {
+    return this.live().threads();
+  }
+
   /** Data bytes the last push read and wrote (bitmap + state), for benchmarks. */
   lastTraffic(): PushTraffic {
     return this.live().lastTraffic();
@@ -207,7 +219,7 @@ export class Analyzer implements DirtyAnalyzer {
   /**
    * Benchmark yardstick, not analysis: replays the memory accesses of the last push (the whole
    * bitmap read, every state line it touched read and rewritten unchanged, in the same order
-   * with the same prefetching) without its arithmetic. Timing it after evicting the caches
+   * with the same prefetching, on as many threads) without its arithmetic. Timing it after evicting the caches
    * gives what the push's access pattern alone costs on this machine. `bitmap` is any bitmap
    * of the analyzer's size (only read). Leaves the state unchanged.
    */

@@ -5,9 +5,11 @@
  * Written for obviousness, not speed: byte by byte, bit by bit inside nonzero bytes, straight
  * from the definitions. The Analyzer deliberately uses other algorithms than the native one,
  * so that a cross-check compares two independent derivations: dense copies of the last K
- * bitmaps (not sparse word lists), full 32-bit interval stamps (not 16-bit stamps with a sweep),
- * and heat histogram and dirty curve computed on demand by scanning every page (not kept
- * incrementally). Its cost per push is therefore two bitmap scans plus per-dirty-page work, and
+ * bitmaps (not sparse word lists), per-page heat counters kept at every push (not counted on
+ * demand from the word lists), a dense window bitmap (not window classes encoded in the
+ * stamps), full 32-bit interval stamps (not 16-bit stamps with a sweep), and the heat histogram
+ * and dirty curve computed on demand by scanning every page (not bit-sliced counting over the
+ * word lists, not incremental per-interval counts). Its cost per push is therefore two bitmap scans plus per-dirty-page work, and
  * each query is O(pages).
  */
 import type { AnalyzerOptions, BitmapKernels, DirtyAnalyzer, ExtentsResult, PushResult } from './types';

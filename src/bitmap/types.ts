@@ -57,6 +57,12 @@ export interface AnalyzerOptions {
   curveLevels: number;
   /** Pages per region of the region histogram: power of two, 512 (2 MiB) .. 262144 (1 GiB). */
   regionPages: number;
+  /**
+   * Threads of one push of the native Analyzer: 0 = automatic (2 from 16 GiB guests on a host
+   * with 2+ CPUs, else 1), 1 or 2. Results never depend on it; the reference ignores it.
+   * Default 0.
+   */
+  threads?: number;
 }
 
 /** What one interval did, returned by {@link DirtyAnalyzer.push}. */

@@ -11,6 +11,7 @@ export const MIN_REGION_PAGES = 512;
 export const MAX_REGION_PAGES = 262144;
 export const MAX_HEAT_INTERVALS = 64;
 export const MAX_CURVE_LEVELS = 16;
+export const MAX_ANALYZER_THREADS = 2;
 const MAX_EXTENTS = 0x7fffffff;
 
 export function bitmapBytes(pages: number): number {
@@ -98,6 +99,7 @@ export function checkAnalyzerOptions(options: unknown): AnalyzerOptions {
     heatIntervals: checkInteger('heatIntervals', o.heatIntervals, 1, MAX_HEAT_INTERVALS),
     curveLevels: checkInteger('curveLevels', o.curveLevels, 1, MAX_CURVE_LEVELS),
     regionPages: checkRegionPages(o.regionPages),
+    threads: o.threads === undefined ? 0 : checkInteger('threads', o.threads, 0, MAX_ANALYZER_THREADS),
   };
 }
 

@@ -8,9 +8,30 @@ import type { Command, CommandIO } from './command';
 
 /** Command words → module in this folder exporting `command`. */
 const COMMANDS: Record<string, string> = {
+  start: 'start',
+  calibrate: 'calibrate',
+  'bench harvest': 'bench-harvest',
+  'bench bitmap': 'bench-bitmap',
+  'bench qmp': 'bench-qmp',
+  'bench scan': 'bench-scan',
+  profile: 'profile',
+  'lab net': 'lab-net',
+  'lab accuracy': 'lab-accuracy',
+  predict: 'predict',
+  simulate: 'simulate',
+  'bench simulate': 'bench-simulate',
+  'bench governor': 'bench-governor',
+  govern: 'govern',
+  migrate: 'migrate',
 };
 
-function loadCommand(key: string): Command {
+/** Every command's words, e.g. 'bench bitmap' (for help and tests). */
+export function commandKeys(): string[] {
+  return Object.keys(COMMANDS);
+}
+
+/** Loads a command module by its words. */
+export function loadCommand(key: string): Command {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   return (require(`./${COMMANDS[key]}`) as { command: Command }).command;
 }

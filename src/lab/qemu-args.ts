@@ -10,6 +10,11 @@ export interface QemuConfig {
   /** Extra kernel parameters, one per element (no whitespace inside). */
   kernelArgs: readonly string[];
   guestMib: number;
+  /**
+   * Extra guest RAM beyond guestMib, KiB (multiple of 8, 0..1016; default 0). Set by migration
+   * labs: see RAM_PAD_KIB_FOR_TCG_MIGRATION.
+   */
+  ramPadKib?: number;
   vcpus: number;
   accel: 'tcg' | 'kvm';
   qmpSocketPath: string;
@@ -32,16 +37,35 @@ export function qemuOptValue(value: string): string {
 /** Kernel parameters of every lab guest: serial console, quiet boot, no reboot loop on panic. */
 export const BASE_KERNEL_ARGS: readonly string[] = ['console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off'];
 
+/**
+ * QEMU before 9.0 loses vCPU writes while migrating under TCG: when a RAM block's length is a
+ * multiple of 64 pages, the migration dirty bitmap is synced a word at a time without resetting
+ * TCG's TLB, so a page written through a still-cached TLB entry after a sync is never marked
+ * dirty again (fixed upstream by "physmem: Fix migration dirty bitmap coherency with TCG memory
+ * access", QEMU 9.0). Measured on Debian 12's 7.2: 7 of 7 rate-limited migrations (several
+ * pre-copy passes) of a 128 MiB guest left the target's kernel corrupt (oopses in hrtimer, psi,
+ * bio code). With RAM that is not a multiple of 256 KiB, 7.2 syncs page by page, which does reset
+ * the TLB: 0 of the 12 such migrations we ran, each checked by the guest's own verification.
+ */
+export const RAM_PAD_KIB_FOR_TCG_MIGRATION = 8;
+
 export function buildQemuArgs(c: QemuConfig): string[] {
   const v = qemuOptValue;
+  const pad = c.ramPadKib ?? 0;
+  if (!Number.isInteger(pad) || pad < 0 || pad > 1016 || pad % 8 !== 0) {
+    throw new RangeError(`ramPadKib: must be a multiple of 8 from 0 to 1016 (got ${String(pad)})`);
+  }
+  // QEMU rounds -m up to 8 KiB; bytes ('B') keep the backend and -m equal to the byte.
+  const ramSize = pad ? (c.guestMib * 1024 + pad) * 1024 : c.guestMib;
+  const ramUnit = pad ? 'B' : 'M';
   const args = [
     '-nodefaults',
     '-no-user-config',
     '-name', `${v(c.name)},debug-threads=on`,
     // RAM in a named memfd so the guest-memory scanner can find it in /proc/PID/maps (guest-ram.ts).
-    '-object', `memory-backend-memfd,id=ram0,size=${c.guestMib}M,share=on`,
+    '-object', `memory-backend-memfd,id=ram0,size=${ramSize}${ramUnit},share=on`,
     '-machine', 'q35,memory-backend=ram0',
-    '-m', `${c.guestMib}M`,
+    '-m', `${ramSize}${ramUnit}`,
     '-accel', c.accel,
     // TCG's default CPU (qemu64) boots the cloud kernel; KVM needs the host's.
     ...(c.accel === 'kvm' ? ['-cpu', 'host'] : []),

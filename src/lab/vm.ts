@@ -53,6 +53,11 @@ export interface LabVmOptions {
   guest?: GuestImage;
   /** Guest RAM, MiB (96..16384; default 256). The cloud kernel's decompressor triple-faults in 64 MiB. */
   guestMib?: number;
+  /**
+   * Extra guest RAM, KiB (multiple of 8, 0..1016; default 0). A VM that will be migrated under
+   * TCG needs RAM_PAD_KIB_FOR_TCG_MIGRATION (qemu-args.ts says why); source and target must agree.
+   */
+  ramPadKib?: number;
   /** vCPUs (1..16; default 1). */
   vcpus?: number;
   /** Default 'tcg'. */
@@ -94,6 +99,8 @@ function checkInt(name: string, v: unknown, min: number, max: number): void {
 
 function checkOptions(o: LabVmOptions): void {
   checkInt('guestMib', o.guestMib, 96, 16384);
+  checkInt('ramPadKib', o.ramPadKib, 0, 1016);
+  if (o.ramPadKib !== undefined && o.ramPadKib % 8 !== 0) throw new RangeError(`ramPadKib: must be a multiple of 8 from 0 to 1016 (got ${o.ramPadKib})`);
   checkInt('vcpus', o.vcpus, 1, 16);
   checkInt('startTimeoutMs', o.startTimeoutMs, 1, 600_000);
   if (o.accel !== undefined && o.accel !== 'tcg' && o.accel !== 'kvm') throw new RangeError(`accel: must be tcg or kvm (got ${String(o.accel)})`);
@@ -119,6 +126,8 @@ function delay(ms: number): Promise<void> {
 export class LabVm {
   /** Host time from spawning QEMU to the guest's ready line, ms (set by ready()). */
   bootMs: number | undefined;
+  /** RAM beyond guestMib, KiB (LabVmOptions.ramPadKib). */
+  ramPadKib = 0;
   private stopping: Promise<VmExit> | undefined;
   private exitInfo: VmExit | undefined;
 
@@ -191,6 +200,7 @@ export class LabVm {
         initrdPath: guest.initrdPath,
         kernelArgs: options.kernelArgs ?? [],
         guestMib,
+        ...(options.ramPadKib ? { ramPadKib: options.ramPadKib } : {}),
         vcpus: options.vcpus ?? 1,
         accel: options.accel ?? 'tcg',
         qmpSocketPath: join(dir, 'qmp.sock'),
@@ -243,7 +253,9 @@ export class LabVm {
       const [qmp, channel] = await Promise.race([connecting, exitedEarly]);
       await chmod(join(dir, 'qmp.sock'), 0o600);
       await chmod(join(dir, 'channel.sock'), 0o600);
-      return new LabVm(proc, proc.pid!, dir, qmp, channel, guestMib, disk?.path ?? null, spawnedAtMs, exited, () => stderr, options.keepDir ?? false);
+      const vm = new LabVm(proc, proc.pid!, dir, qmp, channel, guestMib, disk?.path ?? null, spawnedAtMs, exited, () => stderr, options.keepDir ?? false);
+      vm.ramPadKib = options.ramPadKib ?? 0;
+      return vm;
     } catch (err) {
       abort.abort();
       // A connection that completes after the race was lost must not keep the loop alive.
@@ -280,7 +292,7 @@ export class LabVm {
 
   /** Where this VM's RAM is: for the guest-memory scanner and GuestPhysMemory. */
   guestRam(): GuestRamInfo {
-    return guestRamInfo(this.pid, this.guestMib * 1024 * 1024);
+    return guestRamInfo(this.pid, this.guestMib * 1024 * 1024 + this.ramPadKib * 1024);
   }
 
   ping(): Promise<{ uptimeMs: number }> {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "bitmap/analyzer.h"
@@ -342,6 +343,72 @@ void StampWraparound(uint32_t curveLevels) {
   }
 }
 
+// The window bit lives in the stamps (young and natural ages, then two clamped classes, see
+// analyzer.h): pages dirtied again after gaps around R, R + P (clamping) and 2^16 (stamp wrap),
+// with window resets in between, on a guest whose words the sweep visits exactly every P pushes.
+void WindowAcrossSweeps(uint32_t curveLevels) {
+  const uint64_t r = uint64_t{1} << (curveLevels - 1);
+  const uint64_t period = (65534 - r) / 3;
+  const bm::AnalyzerConfig config{64 * period, 2, curveLevels, 512};
+  bm::Analyzer scalar(config), avx2(config);
+  const uint64_t intervals = 72000;
+  std::vector<uint64_t> tracked;
+  for (uint64_t j = 0; j < 240; j++) tracked.push_back(j * 2909 % config.pages);
+  tracked.push_back(config.pages - 1);
+  const uint64_t gaps[] = {1, 2, r - 1, r, r + 1, r + period - 1, r + period, r + period + 1, r + 2 * period,
+                           r + 2 * period + 2, 65535, 65536, 65537, 65539};
+  // Each tracked page: dirtied at `first`, again `gap` later, and at random times.
+  std::vector<uint64_t> first(tracked.size()), second(tracked.size());
+  for (size_t j = 0; j < tracked.size(); j++) {
+    first[j] = 1 + j * 37 % 3000;
+    second[j] = first[j] + gaps[j % (sizeof gaps / sizeof gaps[0])];
+  }
+  std::vector<bool> window(config.pages, false);
+  std::vector<uint64_t> lastSeen(config.pages, 0);
+  uint64_t windowDirty = 0;
+  Rng rng{4242};
+  Buffer b(config.pages, 0);
+  std::memset(b.data(), 0, b.bytes());
+  for (uint64_t now = 1; now <= intervals; now++) {
+    if (now == 20000 || now == 45000 || now == 66000) {
+      scalar.ResetWindow();
+      avx2.ResetWindow();
+      window.assign(config.pages, false);
+      windowDirty = 0;
+    }
+    std::vector<uint64_t> set;
+    for (size_t j = 0; j < tracked.size(); j++)
+      if (now == first[j] || now == second[j] || rng.Below(20000) == 0) set.push_back(tracked[j]);
+    uint64_t newly = 0;
+    for (uint64_t p : set) {
+      if (Bit(b.data(), p)) continue;
+      SetBit(b.data(), p);
+      newly += !window[p];
+      windowDirty += !window[p];
+      window[p] = true;
+      lastSeen[p] = now;
+    }
+    const bm::PushResult rs = scalar.Push(b.data(), bm::SimdLevel::kScalar);
+    const bm::PushResult ra = avx2.Push(b.data(), bm::SimdLevel::kAvx2);
+    CHECK_EQ(rs.newlyDirtyInWindow, newly);
+    CHECK_EQ(ra.newlyDirtyInWindow, newly);
+    CHECK_EQ(rs.windowDirtyPages, windowDirty);
+    CHECK_EQ(ra.windowDirtyPages, windowDirty);
+    for (uint64_t p : set) b.data()[p / 8] = 0;
+    if (now % 4999 == 0 || now == intervals) {
+      uint64_t cs[16], ca[16];
+      scalar.DirtyCurve(cs);
+      avx2.DirtyCurve(ca);
+      for (uint32_t j = 0; j < curveLevels; j++) {
+        uint64_t expect = 0;
+        for (uint64_t p : tracked) expect += lastSeen[p] && now - lastSeen[p] < (uint64_t{1} << j);
+        CHECK_EQ(cs[j], expect);
+        CHECK_EQ(ca[j], expect);
+      }
+    }
+  }
+}
+
 void AnalyzerKnownValues() {
   // 70 pages, K = 2, L = 3 (windows 1, 2, 4), five intervals; worked out by hand:
   //   t1: {0,1,2}   t2: {1,2,69}   t3: {}   t4: {2,3}   t5: {2,64}
@@ -405,7 +472,19 @@ void ConfigValidation() {
   CHECK(throws({100, 4, 4, 768}));
   CHECK(throws({100, 4, 4, 256}));
   CHECK(throws({100, 4, 4, 524288}));
+  CHECK(throws({100, 4, 4, 512, 3}));
   CHECK(!throws({100, 64, 16, 262144}));
+}
+
+void ThreadChoice() {
+  CHECK_EQ(bm::Analyzer::ThreadsFor({1000, 4, 4, 512, 0}), 1u);
+  CHECK_EQ(bm::Analyzer::ThreadsFor({1000, 4, 4, 512, 2}), 2u);
+  CHECK_EQ(bm::Analyzer::ThreadsFor({bm::Analyzer::kParallelMinPages - 1, 4, 4, 512, 0}), 1u);
+  CHECK_EQ(bm::Analyzer::ThreadsFor({bm::Analyzer::kParallelMinPages, 4, 4, 512, 1}), 1u);
+  const uint32_t automatic = std::thread::hardware_concurrency() >= 2 ? 2u : 1u;
+  CHECK_EQ(bm::Analyzer::ThreadsFor({bm::Analyzer::kParallelMinPages, 4, 4, 512, 0}), automatic);
+  bm::Analyzer a({1000, 4, 4, 512, 2});
+  CHECK_EQ(a.Threads(), 2u);
 }
 
 }  // namespace
@@ -427,7 +506,15 @@ int main() {
   AnalyzerAgainstModel({65, 3, 4, 512}, 60, rng);
   AnalyzerAgainstModel({1000, 5, 5, 512}, 60, rng);
   AnalyzerAgainstModel({4099, 64, 7, 1024}, 90, rng);
+  // Forced two-thread pushes: split mid-guest (4099 pages: at word 32; 1000 pages: at word 8)
+  // and, for a guest smaller than one region, an empty lower part.
+  AnalyzerAgainstModel({4099, 64, 7, 1024, 2}, 60, rng);
+  AnalyzerAgainstModel({1000, 5, 5, 512, 2}, 40, rng);
+  AnalyzerAgainstModel({65, 3, 4, 512, 2}, 30, rng);
+  ThreadChoice();
   StampWraparound(16);
   StampWraparound(2);
+  WindowAcrossSweeps(16);
+  WindowAcrossSweeps(3);
   TEST_MAIN_END();
 }

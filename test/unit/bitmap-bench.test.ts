@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { runCli } from '../../src/cli/main';
 import type { CommandIO } from '../../src/cli/command';
@@ -52,13 +53,25 @@ test('dpa bench bitmap --json: consistent figures, reference results match nativ
   assert.ok((r.dirtyFraction as number) > 0.015 && (r.dirtyFraction as number) < 0.021);
   const bytes = r.bytesPerInterval as { read: number; write: number };
   assert.ok(bytes.read > (1 << 20) && bytes.write > 0, 'the bitmap and the state are counted');
+  // A 32 GiB guest pushes on 2 threads when the host has 2 CPUs; the yardstick streams on as many.
+  assert.equal(r.threads, availableParallelism() >= 2 ? 2 : 1);
+  assert.equal(r.memBoundThreads, r.threads);
+  assert.equal(r.tsReferenceThreads, 1);
+  assert.ok(typeof r.heatHistogramMs === 'number' && r.heatHistogramMs > 0, String(r.heatHistogramMs));
+  assert.ok((r.ratioBest as number) >= (r.ratio as number) * 0.98, `best ${String(r.ratioBest)} vs median ${String(r.ratio)}`);
+  const single = capture();
+  assert.equal(await runCli(['bench', 'bitmap', '--bitmap-mib', '1', '--iterations', '3', '--ts-iterations', '0', '--heat-intervals', '4', '--threads', '1', '--json'], single.io), 0, single.err());
+  const s1 = JSON.parse(single.out()) as Record<string, unknown>;
+  assert.equal(s1.threads, 1);
+  assert.equal(s1.memBoundThreads, 1);
+  assert.deepEqual(s1.bytesPerInterval, r.bytesPerInterval, 'same workload, same bytes whatever the threads');
 });
 
 test('dpa bench bitmap: text output, and out-of-range options are usage errors', async () => {
   const text = capture();
   assert.equal(await runCli(['bench', 'bitmap', '--bitmap-mib', '1', '--iterations', '3', '--ts-iterations', '0'], text.io), 0, text.err());
   assert.match(text.out(), /bitmap 1 MiB \(32 GiB guest, 8388608 pages\)/);
-  assert.match(text.out(), /ratio\s+\d\.\d{3} \(analyze \/ memory-bound\)/);
+  assert.match(text.out(), /ratio\s+\d\.\d{3} \(analyze median \/ memory-bound best; best \/ best \d\.\d{3}\)/);
   assert.match(text.out(), /TS reference\s+skipped: --ts-iterations 0/);
   const bad = capture();
   assert.equal(await runCli(['bench', 'bitmap', '--bitmap-mib', '257'], bad.io), 2);
@@ -66,4 +79,7 @@ test('dpa bench bitmap: text output, and out-of-range options are usage errors',
   const region = capture();
   assert.equal(await runCli(['bench', 'bitmap', '--region-pages', '1000'], region.io), 2);
   assert.match(region.err(), /--region-pages: must be a power of two/);
+  const threads = capture();
+  assert.equal(await runCli(['bench', 'bitmap', '--threads', '3'], threads.io), 2);
+  assert.match(threads.err(), /--threads: must be an integer from 0 to 2/);
 });

@@ -212,7 +212,7 @@ const optionsArb: fc.Arbitrary<AnalyzerOptions> = fc.record({
   regionPages: fc.constantFrom(512, 1024, 4096),
 });
 
-test('Analyzer: native (avx2, scalar, and levels alternating on one analyzer) equals the reference after every push', () => {
+test('Analyzer: native (avx2, scalar, and levels alternating on a two-thread analyzer) equals the reference after every push', () => {
   fc.assert(
     fc.property(
       optionsArb.chain((options) =>
@@ -225,7 +225,9 @@ test('Analyzer: native (avx2, scalar, and levels alternating on one analyzer) eq
       ({ options, steps, resetAt }) => {
         const reference = new ref.ReferenceAnalyzer(options);
         const natives = LEVELS.map(() => new nat.Analyzer(options));
-        const mixed = new nat.Analyzer(options);
+        // Mixed levels, and the push split over two threads (forced: the guests here are small).
+        const mixed = new nat.Analyzer({ ...options, threads: 2 });
+        assert.equal(mixed.threads(), 2);
         try {
           steps.forEach((spec, t) => {
             const bitmap = makeBitmap(spec);
@@ -297,7 +299,7 @@ test('Analyzer: hand-computed heat, curve, window and regions after a known 5-in
   }
 });
 
-test('Analyzer: dirty curve stays right across the 16-bit stamp wrap (page re-dirtied 65539 intervals later)', () => {
+test('Analyzer: dirty curve and window stay right across the 16-bit stamp wrap (page re-dirtied 65539 intervals later)', () => {
   const options = { pages: 64, heatIntervals: 3, curveLevels: 16, regionPages: 512 };
   const reference = new ref.ReferenceAnalyzer(options);
   const native = new nat.Analyzer(options);
@@ -309,8 +311,12 @@ test('Analyzer: dirty curve stays right across the 16-bit stamp wrap (page re-di
       b.fill(0);
       if (t === 5 || t === 5 + 65536 + 3) setBit(b, 0);
       if (t % 7 === 0) setBit(b, 1 + ((t / 7) % 63));
-      native.push(b);
-      reference.push(b);
+      // The window bit shares the 16-bit stamps: check it across the clamping and the wrap too.
+      if (t === 30000 || t === 66000) {
+        native.resetWindow();
+        reference.resetWindow();
+      }
+      assert.deepEqual(native.push(b), reference.push(b), `interval ${t}`);
       if (t % 5000 === 0 || (t >= 65540 && t <= 65545)) {
         native.dirtyCurve(curveN);
         reference.dirtyCurve(curveR);
@@ -328,19 +334,23 @@ test('Analyzer: dirty curve stays right across the 16-bit stamp wrap (page re-di
 test('Analyzer: memory accounting and close()', () => {
   const options = { pages: 262144, heatIntervals: 8, curveLevels: 10, regionPages: 512 };
   const m = nat.Analyzer.memoryFor(options);
-  // 1 GiB: 768 KiB of per-page state + 512 regions * 4 B + curve 512 * 8 B, plus the histogram,
-  // ring slots and the pass's work lists (a few tens of KiB whatever the guest size).
+  // 1 GiB: 512 KiB of stamps + 512 regions * 4 B + curve 512 * 8 B, plus the ring slots and the
+  // pass's prefetch queue (32 KiB whatever the guest size).
   assert.ok(m.fixedBytes >= nat.Analyzer.FIXED_BYTES_PER_GIB + 512 * 4 + 512 * 8, String(m.fixedBytes));
-  assert.ok(m.fixedBytes < nat.Analyzer.FIXED_BYTES_PER_GIB + 40 * 1024, String(m.fixedBytes));
-  assert.equal(nat.Analyzer.FIXED_BYTES_PER_GIB, 768 * 1024);
-  assert.equal(m.ringBytesMax, (8 + 1) * 4096 * 12, 'K + 1 slots (one receives the new interval during eviction)');
+  assert.ok(m.fixedBytes < nat.Analyzer.FIXED_BYTES_PER_GIB + 48 * 1024, String(m.fixedBytes));
+  assert.equal(nat.Analyzer.FIXED_BYTES_PER_GIB, 512 * 1024);
+  assert.equal(m.ringBytesMax, 8 * 4096 * 12, 'K slots of 12 B per word');
+  // A second thread adds its queue, ring slot headers and a curve-delta array.
+  const m2 = nat.Analyzer.memoryFor({ ...options, threads: 2 });
+  assert.ok(m2.fixedBytes > m.fixedBytes + 512 * 8, String(m2.fixedBytes));
   const a = new nat.Analyzer(options);
   assert.equal(a.memoryBytes(), m.fixedBytes);
   const b = makeBitmap({ pages: 262144, shape: 'clustered', seed: 1, offset: 0, extraBytes: 0 });
   a.push(b);
   const traffic = a.lastTraffic();
   assert.ok(a.memoryBytes() >= m.fixedBytes + traffic.nonzeroWords * 12);
-  assert.equal(traffic.readBytes, 32768 + traffic.nonzeroWords * 192 + traffic.sweptWords * 128);
+  assert.equal(traffic.readBytes, 32768 + traffic.nonzeroWords * 128 + traffic.sweptWords * 128);
+  assert.equal(traffic.writeBytes, traffic.nonzeroWords * (128 + 12) + 512 * 4 + traffic.sweptWords * 128);
   a.close();
   a.close();
   assert.throws(() => a.push(b), /Analyzer is closed/);
@@ -371,6 +381,7 @@ test('validation: RangeError/TypeError naming the argument, identical for native
     ['pages = 0', { pages: 0, heatIntervals: 4, curveLevels: 4, regionPages: 512 }, /pages must be an integer from 1 to 4294967295/],
     ['regionPages 1000', { pages: 64, heatIntervals: 4, curveLevels: 4, regionPages: 1000 }, /regionPages must be a power of two/],
     ['K string', { pages: 64, heatIntervals: '4', curveLevels: 4, regionPages: 512 }, /^TypeError: heatIntervals must be a number/],
+    ['threads = 3', { pages: 64, heatIntervals: 4, curveLevels: 4, regionPages: 512, threads: 3 }, /^RangeError: threads must be an integer from 0 to 2 \(got 3\)/],
     ['not an object', null, /^TypeError: analyzer options must be an object/],
   ];
   for (const k of [nat, ref]) {
