@@ -13,23 +13,12 @@ import type { ScenarioVm } from '../sim/scenario';
 import type { GovernorCore, VmSetup, VmTelemetry } from './core';
 import { effectiveWriteLimit, UNLIMITED } from './throttle';
 import type { GovernedPhase, GovernedProgress } from './types';
+import { mulberry32 as prng } from '../util/random';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Mean guest write request, bytes (64 KiB: a typical filesystem writeback chunk). */
 const REQUEST_BYTES = 64 * 1024;
-
-/** mulberry32: a small deterministic PRNG, [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Slot {
   sim: SimMigration;

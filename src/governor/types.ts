@@ -16,6 +16,7 @@
 import type { DirtyCurve } from '../model/dirty-curve';
 import type { QmpClient } from '../qmp/client';
 import type { MigrationStats } from '../qmp/types';
+import type { BlockIoThrottle } from '../qmp/types';
 
 /** The migration driver's phases (src/migrate's, LXD's order). */
 export type GovernedPhase = 'setup' | 'base' | 'mirror' | 'ram' | 'switchover' | 'completed' | 'failed' | 'rolled-back';
@@ -78,29 +79,7 @@ export interface GovernedMigration {
  * (`inserted`): the six base limits always, the burst fields and the group only when set.
  * Rates in bytes/s or operations/s, burst lengths in seconds; 0 = unlimited.
  */
-export interface ThrottleLimits {
-  bps: number;
-  bps_rd: number;
-  bps_wr: number;
-  iops: number;
-  iops_rd: number;
-  iops_wr: number;
-  bps_max?: number;
-  bps_rd_max?: number;
-  bps_wr_max?: number;
-  iops_max?: number;
-  iops_rd_max?: number;
-  iops_wr_max?: number;
-  bps_max_length?: number;
-  bps_rd_max_length?: number;
-  bps_wr_max_length?: number;
-  iops_max_length?: number;
-  iops_rd_max_length?: number;
-  iops_wr_max_length?: number;
-  iops_size?: number;
-  /** Throttle group (QEMU names one after the device when throttling is first enabled). */
-  group?: string;
-}
+export type ThrottleLimits = Omit<BlockIoThrottle, 'id' | 'device'>;
 
 /** One change the governor makes to a VM. */
 export type GovernorAction =

@@ -3,18 +3,7 @@
  * the same options give the same scenario (mulberry32 PRNG).
  */
 import type { RateSpec, Scenario, ScenarioVm } from './scenario';
-
-/** mulberry32: small, fast, good enough for workload generation; returns [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as prng } from '../util/random';
 
 export interface GenerateOptions {
   /** VMs, 1..4096. */

@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import * as nat from '../../src/bitmap/index';
 import * as ref from '../../src/bitmap/reference';
 import type { AnalyzerOptions, DirtyAnalyzer } from '../../src/bitmap/types';
+import { mulberry32 } from '../../src/util/random';
 
 // Every native result is compared with the TypeScript reference, under both SIMD levels
 // (switched at run time; the DPA_SIMD variable is checked in a child process below).
@@ -18,17 +19,6 @@ function withLevel<T>(level: 'avx2' | 'scalar', fn: () => T): T {
   } finally {
     nat.setSimdLevel('auto');
   }
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 type Shape = 'random' | 'sparse' | 'clustered' | 'full' | 'empty';
