@@ -327,6 +327,11 @@ export type NativeAddon = NativeBitmap & NativeKvm & NativeGuestmem;
 
 function load(): NativeAddon {
   try {
+    // DPA_ADDON_PATH loads another build of the same sources, e.g. the ASan+UBSan one that
+    // scripts/native-test.js runs the JavaScript suites against.
+    const explicit = process.env.DPA_ADDON_PATH;
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    if (explicit) return require(explicit) as NativeAddon;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const bindings = require('bindings') as (name: string) => unknown;
     return bindings('dpa_native') as NativeAddon;
