@@ -64,11 +64,10 @@ export function renderView(title: string, s: ProfileSnapshot): string[] {
     lines.push(`heat          pages by intervals dirty (of last ${s.heatIntervals}) — ${parts.join('   ')}   (${num((1 - s.heatHistogram[0]! / totalHeat) * 100, 2)}% of RAM)`);
   }
   if (s.hottestRegions.length) {
-    lines.push(`hottest ${s.hottestRegions[0]!.regionMib} MiB regions (dirty pages over the last second):`);
-    const windowIntervals = Math.max(1, Math.round(1000 / s.intervalMs));
+    lines.push(`hottest ${s.hottestRegions[0]!.regionMib} MiB regions (dirty pages over the last second; bars relative to the hottest):`);
+    const hottest = s.hottestRegions[0]!.dirtyPages;
     for (const r of s.hottestRegions) {
-      const fill = r.dirtyPages / (r.regionPages * windowIntervals);
-      lines.push(`  @${num(r.startMib).padStart(8)} MiB  ${bar(fill, 30)}  ${pages(r.dirtyPages)}`);
+      lines.push(`  @${num(r.startMib).padStart(8)} MiB  ${bar(r.dirtyPages / hottest, 30)}  ${pages(r.dirtyPages)}`);
     }
   }
   lines.push(`harvest       ${num(s.harvestUsMean, 1)} µs per interval (${num(s.harvestUsPerGiB, 1)} µs/GiB), ${num(s.intervals)} intervals` + (s.lostIntervals ? `, ${s.lostIntervals} lost` : ''));
