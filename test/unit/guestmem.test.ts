@@ -480,3 +480,37 @@ test('finds the RAM of a real QEMU (memfd named by type, not id) and reads witho
     await exited;
   }
 });
+
+test('QEMU killed mid-scan: the source ends with an ESRCH end event, no exception, no fd left', needs('qemu', qemuMissing()), async () => {
+  // A running (not paused) TCG QEMU whose 256 MiB are read in full on every scan (skipAbsent off),
+  // scanning back to back, so the kill lands inside a scan.
+  const fdsBefore = fdCount();
+  const qemu = spawn(
+    'qemu-system-x86_64',
+    ['-machine', 'pc', '-accel', 'tcg', '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none',
+      '-object', 'memory-backend-memfd,id=ram0,size=256M', '-machine', 'memory-backend=ram0', '-m', '256M'],
+    { stdio: 'ignore' },
+  );
+  const exited = new Promise((r) => qemu.once('exit', r));
+  try {
+    const pid = qemu.pid!;
+    for (let i = 0; i < 100 && !/memory-backend-memfd/.test(readFileSync(`/proc/${pid}/maps`, 'utf8')); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const src = openGuestMemory({ pid, intervalMs: 10, skipAbsent: false });
+    const ended = new Promise<GuestMemoryEnd>((resolve) => src.onEnd(resolve));
+    let intervals = 0;
+    src.onInterval(() => intervals++);
+    await src.ready;
+    await new Promise((r) => setTimeout(r, 150));
+    qemu.kill('SIGKILL');
+    const end = await Promise.race([ended, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no end event within 5 s')), 5000))]);
+    assert.equal(end.code, 'ESRCH');
+    assert.ok(intervals >= 1, `scanned ${intervals} intervals before the kill`);
+    await src.close();
+  } finally {
+    qemu.kill('SIGKILL');
+    await exited;
+  }
+  assert.equal(fdCount(), fdsBefore, 'every fd released');
+});
