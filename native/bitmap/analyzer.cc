@@ -94,8 +94,9 @@ void ProcessScalar(const AnalyzerState& s, uint64_t* curve, const Work* work, si
 // Prefetches the compiler cannot drop: GCC deletes a loop of nothing but __builtin_prefetch
 // calls as free of side effects. prefetcht1 exists on every x86-64.
 
-// Prefetches into L2 (prefetcht1), not L1: measured on the project machine, a push with
-// prefetcht0 took 10.6 ms at 1 TiB and with prefetcht1 7.9 ms (prefetchw: no gain). The L1's
+// Prefetches into L2 (prefetcht1), not L1: measured on the project machine (C++ harness, 1 TiB,
+// 206k nonzero words), a push took 10.6 ms with prefetcht0 and 7.9 ms with prefetcht1
+// (prefetchw: no gain). The L1's
 // few miss buffers cap the lines in flight; the L2 tracks many more, and a line is read from L2
 // a few hundred cycles later at little cost.
 inline void PrefetchL2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
@@ -106,22 +107,23 @@ inline void PrefetchWordState(const AnalyzerState& s, uint32_t index) {
   PrefetchL2(stamp + 32);
 }
 
-// One part of the pass: one streaming scan of the part's bitmap words, in chunks; every
-// nonzero word found is queued and its state lines prefetched, and the queue is processed up to
-// its newest kLagWords entries, whose lines are still on their way.
-PassTotals RunPart(AnalyzerState& s, Part& part, const uint8_t* bitmap, RingSlot& out, const PassOps& ops) {
-  PassTotals t;
-  Work* queue = part.work.data();
+// One segment of the pass: one streaming scan of its bitmap words, in steps; every nonzero word
+// found is queued and its state lines prefetched, and the queue is processed up to its newest
+// kLagWords entries, whose lines are still on their way.
+void RunSegment(AnalyzerState& s, ThreadContext& ctx, uint32_t segment, const uint8_t* bitmap, const PassOps& ops) {
+  RingSlot& out = s.Slot(s.now, segment);
+  Work* queue = ctx.work.data();
   size_t head = 0, tail = 0;
   auto drain = [&](size_t upTo) {
     const size_t n = upTo - head;
     if (!n) return;
     out.Reserve(out.size + n);
-    ops.process(s, part.curve, queue + head, n, out, t);
+    ops.process(s, ctx.curve, queue + head, n, out, ctx.totals);
     head = upTo;
   };
-  for (uint64_t c0 = part.begin; c0 < part.end; c0 += kChunkWords) {
-    const uint64_t c1 = std::min(c0 + kChunkWords, part.end);
+  const uint64_t end = s.SegmentEnd(segment);
+  for (uint64_t c0 = s.SegmentBegin(segment); c0 < end; c0 += kChunkWords) {
+    const uint64_t c1 = std::min(c0 + kChunkWords, end);
     for (uint64_t r = (c0 + s.regionWords - 1) >> s.regionShift; r << s.regionShift < c1; r++) s.region[r] = 0;
     if (tail + kChunkWords + kScanSlack > kQueueEntries) {
       std::memmove(queue, queue + head, (tail - head) * sizeof(Work));
@@ -134,28 +136,41 @@ PassTotals RunPart(AnalyzerState& s, Part& part, const uint8_t* bitmap, RingSlot
     if (tail - head > kLagWords) drain(tail - kLagWords);
   }
   drain(tail);
-  return t;
 }
 
-// Part 1 on the worker, part 0 here; part 1's curve deltas are added after the join.
-PassTotals RunParts(AnalyzerState& s, const uint8_t* bitmap, const PassOps& ops) {
-  if (s.parts == 1) return RunPart(s, s.part[0], bitmap, s.Slot(s.now, 0), ops);
-  Part& second = s.part[1];
-  std::fill(second.curveDelta.begin(), second.curveDelta.end(), 0);
-  RingSlot& secondOut = s.Slot(s.now, 1);
-  s.worker->Start([&s, &second, &secondOut, bitmap, &ops] { second.totals = RunPart(s, second, bitmap, secondOut, ops); });
-  PassTotals t;
+// Runs `job(context, segment)` for every segment, claimed in order by the calling thread
+// (context 0) and, with two threads, the worker (context 1); returns after both are done.
+template <typename Job>
+void ForEachSegment(AnalyzerState& s, Job job) {
+  s.nextSegment.store(0, std::memory_order_relaxed);
+  auto claim = [&s, &job](ThreadContext& ctx) {
+    for (uint32_t j; (j = s.nextSegment.fetch_add(1, std::memory_order_relaxed)) < s.segments;) job(ctx, j);
+  };
+  if (s.threads == 1) return claim(s.thread[0]);
+  ThreadContext& second = s.thread[1];
+  s.worker->Start([&claim, &second] { claim(second); });
   try {
-    t = RunPart(s, s.part[0], bitmap, s.Slot(s.now, 0), ops);
+    claim(s.thread[0]);
   } catch (...) {
+    s.nextSegment.store(s.segments, std::memory_order_relaxed);
     s.worker->Wait();
     throw;
   }
   s.worker->Wait();
-  for (uint32_t i = 0; i < s.curveIntervals; i++) s.curve[i] += second.curveDelta[i];
-  t.dirty += second.totals.dirty;
-  t.newly += second.totals.newly;
-  t.setWords += second.totals.setWords;
+}
+
+PassTotals RunPass(AnalyzerState& s, const uint8_t* bitmap, const PassOps& ops) {
+  for (ThreadContext& ctx : s.thread) ctx.totals = PassTotals{};
+  if (s.threads > 1) std::fill(s.thread[1].curveDelta.begin(), s.thread[1].curveDelta.end(), 0);
+  ForEachSegment(s, [&](ThreadContext& ctx, uint32_t j) { RunSegment(s, ctx, j, bitmap, ops); });
+  PassTotals t = s.thread[0].totals;
+  if (s.threads > 1) {
+    const ThreadContext& second = s.thread[1];
+    for (uint32_t i = 0; i < s.curveIntervals; i++) s.curve[i] += second.curveDelta[i];
+    t.dirty += second.totals.dirty;
+    t.newly += second.totals.newly;
+    t.setWords += second.totals.setWords;
+  }
   return t;
 }
 
@@ -178,9 +193,10 @@ void Sweep(AnalyzerState& s) {
   }
 }
 
-// The replay of one part (see ReplayLastPattern): the part's bitmap streamed chunk by chunk,
-// each chunk's set words prefetched when their chunk is read and touched kLagWords later.
-uint64_t ReplayPart(AnalyzerState& s, const Part& part, const uint8_t* bitmap, RingSlot& set) {
+// The replay of one segment (see ReplayLastPattern): its bitmap streamed step by step, each
+// step's set words prefetched when their step is read and touched kLagWords later.
+uint64_t ReplaySegment(AnalyzerState& s, uint32_t segment, const uint8_t* bitmap) {
+  RingSlot& set = s.Slot(s.now, segment);
   const Kernels& kernels = KernelsFor(ActiveLevel());
   const uint64_t bitmapBytes = BitmapBytes(s.config.pages);
   uint64_t sum = 0;
@@ -203,8 +219,9 @@ uint64_t ReplayPart(AnalyzerState& s, const Part& part, const uint8_t* bitmap, R
     set.index[k] = x;
   };
   size_t fetched = 0, done = 0;
-  for (uint64_t c0 = part.begin; c0 < part.end; c0 += kChunkWords) {
-    const uint64_t c1 = std::min(c0 + kChunkWords, part.end);
+  const uint64_t end = s.SegmentEnd(segment);
+  for (uint64_t c0 = s.SegmentBegin(segment); c0 < end; c0 += kChunkWords) {
+    const uint64_t c1 = std::min(c0 + kChunkWords, end);
     sum += kernels.stream(bitmap + c0 * 8, std::min(c1 * 8, bitmapBytes) - c0 * 8, nullptr, 0);
     for (; fetched < set.size && set.index[fetched] < c1; fetched++) PrefetchWordState(s, set.index[fetched]);
     for (; done + kLagWords < fetched; done++) touchEntry(done);
@@ -308,15 +325,29 @@ uint32_t Analyzer::ThreadsFor(const AnalyzerConfig& c) {
   return c.pages >= kParallelMinPages && std::thread::hardware_concurrency() >= 2 ? 2 : 1;
 }
 
+namespace {
+
+/** Words per segment: the whole guest on one thread; on two, 16 segments of whole regions. */
+uint64_t SegmentWords(uint64_t words, uint32_t threads, uint64_t regionWords) {
+  if (threads == 1) return words;
+  constexpr uint64_t kSegmentsPerThreadPair = 16;
+  const uint64_t regionsPerSegment = ((words + kSegmentsPerThreadPair - 1) / kSegmentsPerThreadPair + regionWords - 1) / regionWords;
+  return std::max<uint64_t>(1, regionsPerSegment) * regionWords;
+}
+
+}  // namespace
+
 AnalyzerMemory Analyzer::MemoryFor(const AnalyzerConfig& c) {
-  const uint32_t parts = ThreadsFor(c);
+  const uint32_t threads = ThreadsFor(c);
   const uint64_t words = (c.pages + 63) / 64;
   const uint64_t regions = bitmap::RegionCount(c.pages, c.regionPages);
   const uint64_t curveIntervals = uint64_t{1} << (c.curveLevels - 1);
+  const uint64_t segmentWords = SegmentWords(words, threads, c.regionPages / 64);
+  const uint64_t segments = (words + segmentWords - 1) / segmentWords;
   AnalyzerMemory m;
   m.fixedBytes = words * detail::kStampBytesPerWord + regions * 4 + curveIntervals * 8 +
-                 uint64_t{c.heatIntervals} * parts * sizeof(detail::RingSlot) +
-                 parts * detail::kQueueEntries * sizeof(detail::Work) + (parts - 1) * curveIntervals * 8;
+                 uint64_t{c.heatIntervals} * segments * sizeof(detail::RingSlot) +
+                 threads * detail::kQueueEntries * sizeof(detail::Work) + (threads - 1) * curveIntervals * 8;
   m.ringBytesMax = uint64_t{c.heatIntervals} * words * (sizeof(uint32_t) + sizeof(uint64_t));
   return m;
 }
@@ -338,7 +369,9 @@ Analyzer::Analyzer(const AnalyzerConfig& config) : state_(std::make_unique<Analy
   s.sweepWords = (s.words + sweepPeriod - 1) / sweepPeriod;
   s.oldOut = static_cast<uint16_t>(s.curveIntervals + sweepPeriod);
   s.oldIn = static_cast<uint16_t>(s.curveIntervals + 2 * sweepPeriod + 1);
-  s.parts = ThreadsFor(config);
+  s.threads = ThreadsFor(config);
+  s.segmentWords = SegmentWords(s.words, s.threads, s.regionWords);
+  s.segments = static_cast<uint32_t>((s.words + s.segmentWords - 1) / s.segmentWords);
 
   s.stamps = reinterpret_cast<uint16_t*>(
       detail::AllocateHuge(s.words * detail::kStampBytesPerWord, &s.stampsBytes));
@@ -347,23 +380,19 @@ Analyzer::Analyzer(const AnalyzerConfig& config) : state_(std::make_unique<Analy
   std::fill(s.stamps, s.stamps + s.words * 64, initial);
   s.region.assign(s.regions, 0);
   s.curve.assign(s.curveIntervals, 0);
-  s.ring.resize(uint64_t{config.heatIntervals} * s.parts);
-  s.part.resize(s.parts);
-  // Part 1 starts at a region boundary near the middle (possibly 0 for a forced split of a tiny guest).
-  const uint64_t middle = s.parts == 1 ? s.words : s.words / 2 / s.regionWords * s.regionWords;
-  for (uint32_t p = 0; p < s.parts; p++) {
-    detail::Part& part = s.part[p];
-    part.begin = p == 0 ? 0 : middle;
-    part.end = p + 1 == s.parts ? s.words : middle;
-    part.work.resize(detail::kQueueEntries);
+  s.ring.resize(uint64_t{config.heatIntervals} * s.segments);
+  s.thread.resize(s.threads);
+  for (uint32_t p = 0; p < s.threads; p++) {
+    detail::ThreadContext& ctx = s.thread[p];
+    ctx.work.resize(detail::kQueueEntries);
     if (p == 0) {
-      part.curve = s.curve.data();
+      ctx.curve = s.curve.data();
     } else {
-      part.curveDelta.assign(s.curveIntervals, 0);
-      part.curve = part.curveDelta.data();
+      ctx.curveDelta.assign(s.curveIntervals, 0);
+      ctx.curve = ctx.curveDelta.data();
     }
   }
-  if (s.parts > 1) s.worker = std::make_unique<detail::Worker>();
+  if (s.threads > 1) s.worker = std::make_unique<detail::Worker>();
 }
 
 Analyzer::~Analyzer() = default;
@@ -375,13 +404,13 @@ PushResult Analyzer::Push(const uint8_t* bitmap, SimdLevel level) {
   s.curve[s.now & (s.curveIntervals - 1)] = 0;
   // The ring slots of interval now hold interval now - K, which leaves the heat window: dropped.
   uint64_t evicted = 0;
-  for (uint32_t p = 0; p < s.parts; p++) {
-    detail::RingSlot& slot = s.Slot(s.now, p);
+  for (uint32_t j = 0; j < s.segments; j++) {
+    detail::RingSlot& slot = s.Slot(s.now, j);
     evicted += slot.size;
     slot.size = 0;
   }
   const detail::PassOps& ops = level == SimdLevel::kAvx2 && CpuHasAvx2() ? detail::Avx2PassOps() : detail::ScalarPassOps();
-  const detail::PassTotals t = detail::RunParts(s, bitmap, ops);
+  const detail::PassTotals t = detail::RunPass(s, bitmap, ops);
   s.curve[s.now & (s.curveIntervals - 1)] = t.dirty;
   s.windowDirty += t.newly;
   detail::Sweep(s);
@@ -462,10 +491,10 @@ uint32_t Analyzer::Heat(uint64_t page) const {
   AnalyzerState& s = *state_;
   if (page >= s.config.pages) throw std::out_of_range("page must be below pages");
   const uint32_t word = static_cast<uint32_t>(page / 64);
-  const uint32_t p = s.parts > 1 && word >= s.part[1].begin ? 1 : 0;
+  const uint32_t segment = static_cast<uint32_t>(word / s.segmentWords);
   uint32_t heat = 0;
   for (uint32_t t = 0; t < s.config.heatIntervals; t++) {
-    const detail::RingSlot& slot = s.ring[uint64_t{t} * s.parts + p];
+    const detail::RingSlot& slot = s.ring[uint64_t{t} * s.segments + segment];
     const uint32_t* begin = slot.index.get();
     const uint32_t* end = begin + slot.size;
     const uint32_t* it = std::lower_bound(begin, end, word);
@@ -511,13 +540,11 @@ uint64_t Analyzer::MemoryBytes() const {
 
 uint64_t Analyzer::ReplayLastPattern(const uint8_t* bitmap) {
   AnalyzerState& s = *state_;
-  if (s.parts == 1) return detail::ReplayPart(s, s.part[0], bitmap, s.Slot(s.now, 0));
-  uint64_t second = 0;
-  detail::RingSlot& secondSet = s.Slot(s.now, 1);
-  s.worker->Start([&s, &second, &secondSet, bitmap] { second = detail::ReplayPart(s, s.part[1], bitmap, secondSet); });
-  const uint64_t first = detail::ReplayPart(s, s.part[0], bitmap, s.Slot(s.now, 0));
-  s.worker->Wait();
-  return first + second;
+  std::atomic<uint64_t> sum{0};
+  detail::ForEachSegment(s, [&](detail::ThreadContext&, uint32_t j) {
+    sum.fetch_add(detail::ReplaySegment(s, j, bitmap), std::memory_order_relaxed);
+  });
+  return sum.load(std::memory_order_relaxed);
 }
 
 uint64_t StreamOnThreads(const uint8_t* src, size_t srcBytes, uint8_t* dst, size_t dstBytes, uint32_t threads) {
@@ -535,7 +562,7 @@ uint64_t StreamOnThreads(const uint8_t* src, size_t srcBytes, uint8_t* dst, size
 
 uint64_t Analyzer::Intervals() const { return state_->now; }
 uint64_t Analyzer::RegionCount() const { return state_->regions; }
-uint32_t Analyzer::Threads() const { return state_->parts; }
+uint32_t Analyzer::Threads() const { return state_->threads; }
 const AnalyzerConfig& Analyzer::Config() const { return state_->config; }
 const PushTraffic& Analyzer::LastTraffic() const { return state_->traffic; }
 

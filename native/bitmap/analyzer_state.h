@@ -1,5 +1,7 @@
 // The Analyzer's state and the per-level parts of its pass (internal to native/bitmap).
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +23,7 @@ struct FreeDeleter {
 template <typename T>
 using Array = std::unique_ptr<T[], FreeDeleter>;
 
-/** One part's nonzero words of one interval in ascending word order, kept while it is in the heat window. */
+/** One segment's nonzero words of one interval in ascending word order, kept while it is in the heat window. */
 struct RingSlot {
   Array<uint32_t> index;
   Array<uint64_t> word;
@@ -71,13 +73,11 @@ class Worker {
 };
 
 /**
- * One thread's share of a push: words [begin, end), a multiple of regionWords apart so no
- * region straddles two parts. Its curve updates go to `curve`: the analyzer's own counters for
- * part 0, a private delta array (added after the join, mod 2^64) for part 1.
+ * One thread's context in a push: its prefetch queue, where its curve updates go (the
+ * analyzer's own counters for thread 0, a private delta array, added after the join mod 2^64,
+ * for thread 1) and its counts.
  */
-struct Part {
-  uint64_t begin = 0;
-  uint64_t end = 0;
+struct ThreadContext {
   std::vector<Work> work;  // queue of scanned words waiting for their state lines
   std::vector<uint64_t> curveDelta;
   uint64_t* curve = nullptr;
@@ -110,15 +110,21 @@ struct AnalyzerState {
   }
   /** Whether a page of stamp age `age` was dirtied since the window started (age >= 1). */
   bool InWindow(uint16_t age) const { return age <= WindowAgeLimit() || age >= oldIn; }
-  uint32_t parts = 1;  // threads of a push
+  uint32_t threads = 1;  // of a push
+  // The guest's words in segments of segmentWords (a multiple of regionWords, so no region
+  // straddles two): the threads of a push claim segments in order from nextSegment, so a thread
+  // that starts late (the other CPU busy) only takes fewer. Each segment has its own ring lists.
+  uint64_t segmentWords = 0;
+  uint32_t segments = 1;
+  std::atomic<uint32_t> nextSegment{0};
 
   uint16_t* stamps = nullptr;  // words * 64: interval (mod 2^16) each page was last dirtied
   size_t stampsBytes = 0;
   std::vector<uint32_t> region;  // regions: dirty pages in the last interval
   std::vector<uint64_t> curve;   // R: pages last dirtied at interval t, at t mod R
-  std::vector<RingSlot> ring;    // K * parts: part p of interval t at (t mod K) * parts + p
-  std::vector<Part> part;
-  std::unique_ptr<Worker> worker;  // parts > 1 only
+  std::vector<RingSlot> ring;    // K * segments: segment j of interval t at (t mod K) * segments + j
+  std::vector<ThreadContext> thread;
+  std::unique_ptr<Worker> worker;  // threads > 1 only
   PushTraffic traffic{};
 
   AnalyzerState() = default;
@@ -127,7 +133,9 @@ struct AnalyzerState {
   ~AnalyzerState();
 
   uint16_t* Stamps(uint64_t word) const { return stamps + word * 64; }
-  RingSlot& Slot(uint64_t interval, uint32_t p) { return ring[(interval % config.heatIntervals) * parts + p]; }
+  RingSlot& Slot(uint64_t interval, uint32_t segment) { return ring[(interval % config.heatIntervals) * segments + segment]; }
+  uint64_t SegmentBegin(uint32_t segment) const { return segment * segmentWords; }
+  uint64_t SegmentEnd(uint32_t segment) const { return std::min(words, (segment + uint64_t{1}) * segmentWords); }
 };
 
 /** Slack after a scan's entries: scans write a few entries past the count (branch-free). */

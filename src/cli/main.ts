@@ -23,6 +23,7 @@ const COMMANDS: Record<string, string> = {
   'bench governor': 'bench-governor',
   govern: 'govern',
   migrate: 'migrate',
+  'lab migrate-concurrent': 'lab-migrate-concurrent',
 };
 
 /** Every command's words, e.g. 'bench bitmap' (for help and tests). */

@@ -1,0 +1,535 @@
+/**
+ * Concurrent migrations into one Ω: K lab guests, each writing to its disk, migrate at once over
+ * ONE tbf-shaped link into ONE Ω tmpfs — first without the governor (the baseline), then with it,
+ * each run on freshly booted guests.
+ *
+ * ```
+ *  host netns                                     lab netns (one shaped veth)
+ *  K source LabVms (TCG, raw disks)   ──────►     K IncomingVms (-incoming defer), K base receivers
+ *  one Ω tmpfs: the K overlays share it           (NBD port 10809+i, migration port 4444+i)
+ * ```
+ *
+ * What a run reports, and how it is measured:
+ * - overflow: a source reported BLOCK_IO_ERROR with `nospace` (an overlay write hit ENOSPC in Ω),
+ *   or Ω's free space (statfs, polled every 100 ms) fell below one qcow2 cluster (64 KiB);
+ * - pausedGuests: sources that QEMU paused for an I/O error (BLOCK_IO_ERROR action 'stop', or
+ *   query-status 'io-error' at the end): virtio-blk's default werror=enospc stops the guest;
+ * - dataVerified: each guest, where it ended up (target if completed, source if rolled back),
+ *   stops its workloads and checks every page and block it wrote (guest workload `verify`);
+ * - prediction: when a migration's base phase starts, src/model's remainingTime (base, mirror and
+ *   pre-copy via predictPrecopy) with the measured link shared K ways and the guest's stated write
+ *   rates predicts its total time; the error is |predicted − actual| / actual.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Governor } from '../governor/governor';
+import { buildGuestImage, type GuestImage } from '../lab/guest-image';
+import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
+import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
+import { createOmega, type Omega } from '../lab/omega';
+import { RAM_PAD_KIB_FOR_TCG_MIGRATION } from '../lab/qemu-args';
+import { IncomingVm } from '../lab/target';
+import { LabVm } from '../lab/vm';
+import { uniformHotSetCurve } from '../model/dirty-curve';
+import { remainingTime } from '../model/need';
+import type { QmpEvent } from '../qmp/client';
+import { queryStatus } from '../qmp/commands';
+import { spawnBaseReceiver, type BaseReceiver } from './base-copy';
+import { verificationPassed } from './lab';
+import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LiveMigration } from './migration';
+import type { MigrationProgress, MigrationResult } from './types';
+
+const MiB = 1024 * 1024;
+const PAGE_BYTES = 4096;
+/** qcow2's default cluster: the overlay grows by this much per newly written cluster. */
+const CLUSTER_BYTES = 65536;
+
+export interface ConcurrentOptions {
+  /** Guests migrating at once, 1..8. */
+  vms: number;
+  /** Ω tmpfs capacity, MiB (1..65536). */
+  omegaMib: number;
+  /** tbf rate of the one link, Mbit/s (1..10000). */
+  linkMbit: number;
+  /** Guest RAM, MiB (96..1024; default 128; plus the TCG migration pad). */
+  guestMib?: number;
+  /** Raw root disk, MiB (8..1024; default 32). */
+  diskMib?: number;
+  /** Disk region each guest writes, MiB from offset 0 (1..diskMib; default diskMib − 8). */
+  diskRegionMib?: number;
+  /** Bytes per guest disk write, a multiple of 4096 (4096..1048576; default 65536 = one qcow2 cluster). */
+  diskBlockBytes?: number;
+  /** Guest disk writes per second (1..10000; default 64: 4 MiB/s with 64 KiB blocks). */
+  diskWritesPerSec?: number;
+  /** Guest memory workload buffer, MiB (1..64; default 8). */
+  memMib?: number;
+  /** Guest page writes per second (0..100000; default 500). */
+  memWritePagesPerSec?: number;
+  /** Which runs: both (baseline first), or one of them (default 'both'). */
+  runs?: 'both' | 'baseline' | 'governed';
+  /** Each migration fails (and rolls back) if not done by then, s (10..3600; default 150). */
+  migrationTimeoutS?: number;
+  /**
+   * Ω the governor must leave unplanned, bytes (0..omega; default vms × 256 KiB): tmpfs and qcow2
+   * metadata (L2 and refcount clusters) and each guest's in-flight write are not in the overlays'
+   * data the policy plans with.
+   */
+  governorReserveBytes?: number;
+  /** Governor period, ms (20..1000; default 100). */
+  governorIntervalMs?: number;
+  guest?: GuestImage;
+  /** Progress notes (one line each, for humans). */
+  onNote?(line: string): void;
+  signal?: AbortSignal;
+}
+
+export const CONCURRENT_LIMITS = {
+  vms: [1, 8],
+  omegaMib: [1, 65536],
+  linkMbit: [1, 10_000],
+  guestMib: [96, 1024],
+  diskMib: [8, 1024],
+  diskWritesPerSec: [1, 10_000],
+  memMib: [1, 64],
+  memWritePagesPerSec: [0, 100_000],
+  migrationTimeoutS: [10, 3600],
+  governorIntervalMs: [20, 1000],
+} as const;
+
+/** One migration of a run. */
+export interface ConcurrentMigrationReport {
+  id: string;
+  phase: MigrationResult['phase'];
+  failure?: string;
+  totalMs: number;
+  overlayPeakBytes: number;
+  /** QEMU paused this guest for an I/O error (ENOSPC in Ω). */
+  paused: boolean;
+  /** BLOCK_IO_ERROR events with nospace from this source. */
+  enospcEvents: number;
+  verifiedOn: 'target' | 'source' | null;
+  verified: boolean;
+  verifyError?: string;
+  /** Predicted total time at the start of the base phase, ms (null if the phase never started). */
+  predictedMs: number | null;
+  /** |predicted − actual| / actual × 100 (completed migrations only). */
+  predictionErrorPct: number | null;
+}
+
+export interface ConcurrentRunReport {
+  governed: boolean;
+  completed: number;
+  rolledBack: number;
+  failed: number;
+  overflow: boolean;
+  pausedGuests: number;
+  dataVerified: boolean;
+  /** Least free space Ω had during the run, bytes (statfs). */
+  omegaMinFreeBytes: number;
+  omegaCapacityBytes: number;
+  /** Sum of the overlays' peaks, bytes (what Ω would have needed all at once, at most). */
+  overlayPeakSumBytes: number;
+  /** p90 of predictionErrorPct over the completed migrations (null if none completed). */
+  predictionP90ErrorPct: number | null;
+  /** Zero pages in the first RAM pass, mean share of guest RAM (QEMU's duplicate pages; null if no RAM phase). */
+  zeroPageFraction: number | null;
+  /** The first migration's start to the last one's end, ms. */
+  wallMs: number;
+  migrations: ConcurrentMigrationReport[];
+  /** Governed run: every 10th tick, what the governor saw per VM (overlay KiB, write rate and limit, bytes/s). */
+  timeline?: Array<{ tMs: number; vms: Array<{ id: string; phase: string; overlayKib: number; writeBps: number; limitBps: number }> }>;
+  governor?: { ticks: number; actionsSent: number; actionsFailed: number; minWriteLimitBytesPerSec: number | null };
+}
+
+export interface ConcurrentReport {
+  vms: number;
+  omegaMib: number;
+  linkMbit: number;
+  /** Measured TCP goodput of the link (one stream), bytes/s. */
+  linkBytesPerSec: number;
+  guest: { guestMib: number; diskMib: number; diskRegionMib: number; diskWriteBytesPerSec: number; memWritePagesPerSec: number };
+  /** Ω the governor planned with, bytes. */
+  governorOmegaBytes: number;
+  /** Overlay growth the guests would make over the base copy, bytes: Σ min(region, rate × baseSec). */
+  unthrottledOverlayEstimateBytes: number;
+  // Headline figures: the governed run's.
+  completed: number | null;
+  overflow: boolean | null;
+  pausedGuests: number | null;
+  dataVerified: boolean | null;
+  predictionP90ErrorPct: number | null;
+  baseline: Pick<ConcurrentRunReport, 'completed' | 'overflow' | 'pausedGuests'> | null;
+  runs: { baseline?: ConcurrentRunReport; governed?: ConcurrentRunReport };
+}
+
+function checkNum(name: string, v: unknown, min: number, max: number, integer = true): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
+    throw new RangeError(`${name}: must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max} (got ${String(v)})`);
+  }
+}
+
+export function checkConcurrentOptions(o: ConcurrentOptions): void {
+  if (typeof o !== 'object' || o === null) throw new TypeError('options: must be an object');
+  for (const k of ['vms', 'omegaMib', 'linkMbit'] as const) if (o[k] === undefined) throw new RangeError(`${k}: required`);
+  checkNum('vms', o.vms, ...CONCURRENT_LIMITS.vms);
+  checkNum('omegaMib', o.omegaMib, ...CONCURRENT_LIMITS.omegaMib);
+  checkNum('linkMbit', o.linkMbit, CONCURRENT_LIMITS.linkMbit[0], CONCURRENT_LIMITS.linkMbit[1], false);
+  checkNum('guestMib', o.guestMib, ...CONCURRENT_LIMITS.guestMib);
+  checkNum('diskMib', o.diskMib, ...CONCURRENT_LIMITS.diskMib);
+  checkNum('diskRegionMib', o.diskRegionMib, 1, o.diskMib ?? 32);
+  checkNum('diskBlockBytes', o.diskBlockBytes, 4096, 1 << 20);
+  if (o.diskBlockBytes !== undefined && o.diskBlockBytes % 4096 !== 0) throw new RangeError(`diskBlockBytes: must be a multiple of 4096 (got ${o.diskBlockBytes})`);
+  checkNum('diskWritesPerSec', o.diskWritesPerSec, CONCURRENT_LIMITS.diskWritesPerSec[0], CONCURRENT_LIMITS.diskWritesPerSec[1], false);
+  checkNum('memMib', o.memMib, ...CONCURRENT_LIMITS.memMib);
+  checkNum('memWritePagesPerSec', o.memWritePagesPerSec, CONCURRENT_LIMITS.memWritePagesPerSec[0], CONCURRENT_LIMITS.memWritePagesPerSec[1], false);
+  checkNum('migrationTimeoutS', o.migrationTimeoutS, ...CONCURRENT_LIMITS.migrationTimeoutS);
+  checkNum('governorReserveBytes', o.governorReserveBytes, 0, o.omegaMib * MiB - 1);
+  checkNum('governorIntervalMs', o.governorIntervalMs, ...CONCURRENT_LIMITS.governorIntervalMs);
+  if (o.runs !== undefined && !['both', 'baseline', 'governed'].includes(o.runs)) throw new RangeError(`runs: must be 'both', 'baseline' or 'governed' (got ${JSON.stringify(o.runs)})`);
+}
+
+/** p-th quantile (0..1) of `values` by the nearest-rank method; null when empty. */
+export function quantile(values: readonly number[], p: number): number | null {
+  if (values.length === 0) return null;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
+}
+
+interface Settings {
+  k: number;
+  guest: GuestImage;
+  guestMib: number;
+  diskMib: number;
+  regionMib: number;
+  blockBytes: number;
+  writesPerSec: number;
+  memMib: number;
+  memRate: number;
+  omegaBytes: number;
+  linkBytesPerSec: number;
+  timeoutMs: number;
+  governorIntervalMs: number;
+  /** Ω the governor may plan with, bytes (capacity minus the reserve). */
+  governorOmegaBytes: number;
+  /** Zero-page share of guest RAM for the prediction (from the baseline's first passes, else 0). */
+  zeroPageFraction: number;
+  note(line: string): void;
+  signal?: AbortSignal;
+}
+
+interface Slot {
+  i: number;
+  id: string;
+  source: LabVm;
+  target?: IncomingVm;
+  receiver?: BaseReceiver;
+  paused: boolean;
+  enospc: number;
+  last?: MigrationProgress;
+  predictedMs: number | null;
+}
+
+/** Ω's free space, polled: the least seen. */
+function watchOmega(omega: Omega): { stop(): Promise<number> } {
+  let min = Infinity;
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      min = Math.min(min, await omega.freeBytes().catch(() => Infinity));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return min;
+    },
+  };
+}
+
+function predictTotalMs(s: Settings, p: MigrationProgress, writeBytesPerSec: number): number {
+  const r = remainingTime({
+    migration: {
+      phase: 'base',
+      baseBytesLeft: Math.max(0, p.baseBytesTotal - p.baseBytesCopied),
+      mirrorBytesLeft: p.overlayBytes ?? 0,
+      ramBytes: s.guestMib * MiB,
+      ramDirty: uniformHotSetCurve(s.memRate, (s.memMib * MiB) / PAGE_BYTES),
+      ramPendingBytes: s.guestMib * MiB,
+      cpuThrottlePct: 0,
+    },
+    writeBytesPerSec,
+    linkShareBytesPerSec: s.linkBytesPerSec / s.k,
+    zeroPageFraction: s.zeroPageFraction,
+  });
+  return p.tMs + r.totalSec * 1000;
+}
+
+async function runFleetOn(s: Settings, topology: Topology, governed: boolean): Promise<ConcurrentRunReport> {
+  const tag = governed ? 'governed' : 'baseline';
+  const slots: Slot[] = [];
+  let omega: Omega | undefined;
+  let gov: Governor | undefined;
+  let govDir: string | undefined;
+  try {
+    omega = await createOmega({ sizeBytes: s.omegaBytes });
+    s.note(`${tag}: booting ${s.k} guests`);
+    const sources = await Promise.allSettled(
+      Array.from({ length: s.k }, (_, i) =>
+        LabVm.start({ guest: s.guest, guestMib: s.guestMib, ramPadKib: RAM_PAD_KIB_FOR_TCG_MIGRATION, disk: { sizeMib: s.diskMib, format: 'raw' }, name: `dpa-c${i}`, startTimeoutMs: 60_000 }),
+      ),
+    );
+    sources.forEach((r, i) => {
+      if (r.status === 'fulfilled') slots.push({ i, id: `${tag.slice(0, 1)}${i}`, source: r.value, paused: false, enospc: 0, predictedMs: null });
+    });
+    const bad = sources.find((r) => r.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+    await Promise.all(slots.map((sl) => sl.source.ready(120_000)));
+    for (const sl of slots) {
+      sl.source.qmp.on('event', (e: QmpEvent) => {
+        if (e.event !== 'BLOCK_IO_ERROR') return;
+        if (e.data?.nospace === true) sl.enospc++;
+        if (e.data?.action === 'stop') sl.paused = true;
+      });
+    }
+    for (const sl of slots) {
+      sl.target = await IncomingVm.start({ guest: s.guest, guestMib: s.guestMib, ramPadKib: sl.source.ramPadKib, disk: { sizeMib: s.diskMib }, topology, name: `dpa-c${sl.i}-in` });
+      const imagePath = sl.target.diskPath!;
+      sl.receiver = await spawnBaseReceiver({ host: topology.nsAddr, imagePath, spawn: (cmd, args, opts) => spawnInNs(topology, cmd, args, opts) });
+    }
+    // Workloads start only now, so every overlay begins with the migration, not before.
+    await Promise.all(
+      slots.map(async (sl) => {
+        await sl.source.memStart({ mib: s.memMib, pattern: 'uniform', ratePagesPerSec: s.memRate, seed: sl.i + 1 });
+        await sl.source.diskStart({ blockBytes: s.blockBytes, regionBlocks: (s.regionMib * MiB) / s.blockBytes, blocksPerSec: s.writesPerSec, pattern: 'sequential', mode: 'direct', seed: sl.i + 1 });
+      }),
+    );
+
+    let minLimit: number | null = null;
+    const limits = new Map<string, number>();
+    let t0 = performance.now();
+    const timeline: NonNullable<ConcurrentRunReport['timeline']> = [];
+    if (governed) {
+      govDir = await mkdtemp(join(tmpdir(), 'dpa-concurrent-'));
+      gov = await Governor.start({
+        omegaBytes: s.governorOmegaBytes,
+        intervalMs: s.governorIntervalMs,
+        linkHintBytesPerSec: s.linkBytesPerSec,
+        stateFile: join(govDir, 'state.json'),
+        decisionLog: join(govDir, 'decisions.jsonl'),
+      });
+      gov.on('warning', (w) => s.note(`governor warning${w.id ? ` (${w.id})` : ''}: ${w.stage}: ${w.message}`));
+    }
+
+    const migrations = slots.map(
+      (sl) =>
+        new LiveMigration({
+          source: sl.source.qmp,
+          target: sl.target!.qmp,
+          omegaDir: omega!.path,
+          targetHost: topology.nsAddr,
+          baseCopy: { host: sl.receiver!.host, port: sl.receiver!.port },
+          nbdPort: DEFAULT_NBD_PORT + sl.i,
+          migrationPort: DEFAULT_MIGRATION_PORT + sl.i,
+          id: sl.id,
+          timeoutMs: s.timeoutMs,
+          stallTimeoutMs: 30_000,
+        }),
+    );
+    migrations.forEach((m, j) => {
+      const sl = slots[j]!;
+      m.on('progress', (p: MigrationProgress) => {
+        sl.last = p;
+        if (sl.predictedMs === null && p.phase === 'base' && p.baseBytesTotal > 0) {
+          // The write rate from here on: the governor's limit if it set one, else the guest's own.
+          const limit = limits.get(sl.id) ?? 0;
+          const own = s.writesPerSec * s.blockBytes;
+          sl.predictedMs = predictTotalMs(s, p, limit > 0 ? Math.min(limit, own) : own);
+        }
+      });
+    });
+    if (gov) {
+      for (const [j, m] of migrations.entries()) {
+        const sl = slots[j]!;
+        await gov.attach({
+          id: sl.id,
+          qmp: sl.source.qmp,
+          monitorPath: sl.source.qmpSocketPath,
+          overlayNode: m.overlayNode,
+          ramBytes: s.guestMib * MiB,
+          describe: () => sl.last ?? { phase: 'setup', baseBytesTotal: 0, baseBytesCopied: 0 },
+        });
+      }
+      gov.on('tick', (rec) => {
+        if (rec.seq % 10 === 0) {
+          timeline.push({
+            tMs: Math.round(performance.now() - t0),
+            vms: rec.inputs.map((v) => ({ id: v.id, phase: v.phase, overlayKib: Math.round(v.overlayBytes / 1024), writeBps: Math.round(v.writeBytesPerSec), limitBps: v.writeLimitBytesPerSec })),
+          });
+        }
+        for (const v of rec.inputs) {
+          const lim = v.writeLimitBytesPerSec;
+          limits.set(v.id, lim);
+          if (lim > 0) minLimit = minLimit === null ? lim : Math.min(minLimit, lim);
+        }
+      });
+    }
+
+    const watch = watchOmega(omega);
+    t0 = performance.now();
+    s.note(`${tag}: ${s.k} migrations start`);
+    const abortAll = (): void => migrations.forEach((m) => void m.abort(`interrupted`));
+    s.signal?.addEventListener('abort', abortAll, { once: true });
+    const results = await Promise.all(migrations.map((m) => m.run()));
+    s.signal?.removeEventListener('abort', abortAll);
+    const wallMs = performance.now() - t0;
+    const omegaMinFreeBytes = await watch.stop();
+    let govStats: ConcurrentRunReport['governor'];
+    if (gov) {
+      await gov.stop();
+      const st = gov.stats;
+      govStats = { ticks: st.ticks, actionsSent: st.actionsSent, actionsFailed: st.actionsFailed, minWriteLimitBytesPerSec: minLimit };
+      gov = undefined;
+    }
+    s.note(`${tag}: migrations ended (${results.map((r) => r.phase).join(', ')}) in ${(wallMs / 1000).toFixed(1)} s; verifying`);
+
+    const reports = await Promise.all(
+      results.map(async (r, j): Promise<ConcurrentMigrationReport> => {
+        const sl = slots[j]!;
+        const onTarget = r.phase === 'completed';
+        const where = onTarget ? sl.target! : sl.source;
+        let verified = false;
+        let verifyError: string | undefined;
+        let verifiedOn: 'target' | 'source' | null = null;
+        if (!onTarget) {
+          const st = await queryStatus(sl.source.qmp).catch(() => undefined);
+          if (st?.status === 'io-error') sl.paused = true;
+        }
+        if (onTarget || r.phase === 'rolled-back') {
+          verifiedOn = onTarget ? 'target' : 'source';
+          try {
+            await where.channel.request<{ mem: MemSummary; disk: DiskSummary }>('quiesce', {}, { timeoutMs: 30_000 });
+            const v = await where.channel.request<Parameters<typeof verificationPassed>[0]>('verify', { target: 'all' }, { timeoutMs: 60_000 });
+            verified = verificationPassed(v);
+            if (!verified) verifyError = JSON.stringify(v);
+          } catch (err) {
+            verifyError = (err as Error).message;
+          }
+        }
+        const predictionErrorPct = onTarget && sl.predictedMs !== null ? (Math.abs(sl.predictedMs - r.totalMs) / r.totalMs) * 100 : null;
+        return {
+          id: sl.id,
+          phase: r.phase,
+          ...(r.failure ? { failure: `${r.failure.phase}: ${r.failure.errorName}: ${r.failure.message}` } : {}),
+          totalMs: r.totalMs,
+          overlayPeakBytes: r.overlayPeakBytes,
+          paused: sl.paused,
+          enospcEvents: sl.enospc,
+          verifiedOn,
+          verified,
+          ...(verifyError !== undefined ? { verifyError } : {}),
+          predictedMs: sl.predictedMs,
+          predictionErrorPct,
+        };
+      }),
+    );
+    const omegaCapacityBytes = await omega.capacityBytes();
+    const zeroShares = results.filter((r) => r.ram && r.ram.total > 0).map((r) => Math.min(1, (r.ram!.duplicate * PAGE_BYTES) / r.ram!.total));
+    const errs = reports.map((r) => r.predictionErrorPct).filter((e): e is number => e !== null);
+    return {
+      governed,
+      completed: reports.filter((r) => r.phase === 'completed').length,
+      rolledBack: reports.filter((r) => r.phase === 'rolled-back').length,
+      failed: reports.filter((r) => r.phase === 'failed').length,
+      overflow: reports.some((r) => r.enospcEvents > 0) || omegaMinFreeBytes < CLUSTER_BYTES,
+      pausedGuests: reports.filter((r) => r.paused).length,
+      dataVerified: reports.every((r) => r.verified),
+      omegaMinFreeBytes,
+      omegaCapacityBytes,
+      overlayPeakSumBytes: reports.reduce((a, r) => a + r.overlayPeakBytes, 0),
+      predictionP90ErrorPct: quantile(errs, 0.9),
+      zeroPageFraction: zeroShares.length ? zeroShares.reduce((a, b) => a + b, 0) / zeroShares.length : null,
+      wallMs,
+      migrations: reports,
+      ...(govStats ? { governor: govStats, timeline } : {}),
+    };
+  } finally {
+    await gov?.stop().catch(() => undefined);
+    for (const sl of slots) {
+      await sl.receiver?.kill().catch(() => undefined);
+      await sl.target?.stop().catch(() => undefined);
+      await sl.source.stop().catch(() => undefined);
+    }
+    await omega?.destroy().catch(() => undefined);
+    if (govDir) await rm(govDir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** `dpa lab migrate-concurrent`: baseline and governed runs of K concurrent migrations. Root, QEMU. */
+export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<ConcurrentReport> {
+  checkConcurrentOptions(o);
+  const diskMib = o.diskMib ?? 32;
+  const regionMib = o.diskRegionMib ?? Math.max(1, diskMib - 8);
+  const blockBytes = o.diskBlockBytes ?? CLUSTER_BYTES;
+  if ((regionMib * MiB) % blockBytes !== 0) throw new RangeError(`diskRegionMib: must be a multiple of diskBlockBytes (${blockBytes} bytes)`);
+  const note = o.onNote ?? ((): void => undefined);
+  const guest = o.guest ?? (await buildGuestImage());
+  const topology = await createTopology({ linkMbit: o.linkMbit });
+  try {
+    const link = await measureThroughput(topology, { durationMs: 1000, warmupMs: 300 });
+    note(`link: ${link.mbitPerSec.toFixed(1)} Mbit/s goodput measured (tbf ${o.linkMbit} Mbit/s)`);
+    const s: Settings = {
+      k: o.vms,
+      guest,
+      guestMib: o.guestMib ?? 128,
+      diskMib,
+      regionMib,
+      blockBytes,
+      writesPerSec: o.diskWritesPerSec ?? 64,
+      memMib: o.memMib ?? 8,
+      memRate: o.memWritePagesPerSec ?? 500,
+      omegaBytes: o.omegaMib * MiB,
+      linkBytesPerSec: link.bytesPerSec,
+      timeoutMs: (o.migrationTimeoutS ?? 150) * 1000,
+      governorIntervalMs: o.governorIntervalMs ?? 100,
+      governorOmegaBytes: o.omegaMib * MiB - Math.min(o.omegaMib * MiB - 1, o.governorReserveBytes ?? o.vms * 256 * 1024),
+      zeroPageFraction: 0,
+      note,
+      ...(o.signal ? { signal: o.signal } : {}),
+    };
+    const writeBps = s.writesPerSec * s.blockBytes;
+    const baseSec = (s.k * diskMib * MiB) / link.bytesPerSec;
+    const estimate = s.k * Math.min(regionMib * MiB, writeBps * baseSec);
+    const runs = o.runs ?? 'both';
+    const out: ConcurrentReport['runs'] = {};
+    if (runs !== 'governed') {
+      out.baseline = await runFleetOn(s, topology, false);
+      // Same guests, same boot: the baseline's first passes tell how much of RAM is zero pages.
+      s.zeroPageFraction = out.baseline.zeroPageFraction ?? 0;
+    }
+    if (runs !== 'baseline') out.governed = await runFleetOn(s, topology, true);
+    const g = out.governed;
+    return {
+      vms: s.k,
+      omegaMib: o.omegaMib,
+      linkMbit: o.linkMbit,
+      linkBytesPerSec: link.bytesPerSec,
+      guest: { guestMib: s.guestMib, diskMib, diskRegionMib: regionMib, diskWriteBytesPerSec: writeBps, memWritePagesPerSec: s.memRate },
+      governorOmegaBytes: s.governorOmegaBytes,
+      unthrottledOverlayEstimateBytes: estimate,
+      completed: g?.completed ?? null,
+      overflow: g?.overflow ?? null,
+      pausedGuests: g?.pausedGuests ?? null,
+      dataVerified: g?.dataVerified ?? null,
+      predictionP90ErrorPct: g?.predictionP90ErrorPct ?? null,
+      baseline: out.baseline ? { completed: out.baseline.completed, overflow: out.baseline.overflow, pausedGuests: out.baseline.pausedGuests } : null,
+      runs: out,
+    };
+  } finally {
+    await topology.destroy().catch(() => undefined);
+  }
+}
