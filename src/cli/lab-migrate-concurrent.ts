@@ -27,7 +27,7 @@ export const command = defineCommand({
   usage: '--vms K --omega-mib M --link-mbit L [--runs both|baseline|governed] [--json]',
   options: {
     vms: { type: 'int', min: 1, max: 8, default: 3, description: 'guests migrating at once' },
-    omegaMib: { type: 'int', min: 1, max: 65536, default: 6, description: 'Ω tmpfs capacity shared by all overlays', unit: 'MiB' },
+    omegaMib: { type: 'int', min: 1, max: 65536, default: 8, description: 'Ω tmpfs capacity shared by all overlays', unit: 'MiB' },
     linkMbit: { type: 'number', min: 1, max: 10_000, default: 150, description: 'tbf rate of the one link', unit: 'Mbit/s' },
     guestMib: { type: 'int', min: 96, max: 1024, default: 128, description: 'guest RAM (plus the TCG migration pad)', unit: 'MiB' },
     diskMib: { type: 'int', min: 8, max: 1024, default: 32, description: 'raw root disk per guest', unit: 'MiB' },
