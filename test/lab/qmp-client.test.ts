@@ -123,7 +123,10 @@ test('several monitors at once keep separate state: events and disconnects stay 
   clients.forEach((c, i) => c.on('disconnect', () => gone.push(i)));
   await clients[1]!.execute('stop');
   await vms[2]!.kill();
-  await new Promise((r) => setTimeout(r, 100));
+  // The EOF of the killed monitor reaches its client asynchronously; wait for it (bounded).
+  for (const deadline = performance.now() + 5000; gone.length === 0 && performance.now() < deadline; ) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
   assert.deepEqual(seen, [[], ['STOP'], []]);
   assert.deepEqual(gone, [2]);
   assert.equal((await clients[0]!.execute<{ status: string }>('query-status')).status, 'running');
