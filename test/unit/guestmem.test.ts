@@ -323,8 +323,7 @@ test('a process that does not exist: ESRCH with the syscall, by name and by addr
   });
 });
 
-test('without ptrace rights (uid nobody vs a root target): EPERM from process_vm_readv, EACCES on maps', needs('root', rootMissing()), async (t) => {
-  if (ccMissing()) return t.skip(ccMissing()!);
+test('without ptrace rights (uid nobody vs a root target): EPERM from process_vm_readv, EACCES on maps', needs('root', rootMissing()).skip ? needs('root', rootMissing()) : cc, async () => {
   const target = await Dirtier.start(['ram0:4']);
   try {
     const script = `
