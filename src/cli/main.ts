@@ -24,6 +24,7 @@ const COMMANDS: Record<string, string> = {
   govern: 'govern',
   migrate: 'migrate',
   'lab migrate-concurrent': 'lab-migrate-concurrent',
+  'lab predict-check': 'lab-predict-check',
 };
 
 /** Every command's words, e.g. 'bench bitmap' (for help and tests). */

@@ -1,0 +1,56 @@
+/**
+ * Pure parts of `dpa lab predict-check`: option checks, the CLI's list parsing and the zero-page
+ * count of a guest-memory scan (run over plain bytes with known zero pages).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { parseNumberList } from '../../src/cli/lab-predict-check';
+import { checkPredictCheckOptions, zeroPageShare } from '../../src/migrate/predict-check';
+
+const PAGE = 4096;
+
+function reader(bytes: Uint8Array): { read(gpa: number, buf: Uint8Array): void } {
+  return { read: (gpa, buf) => buf.set(bytes.subarray(gpa, gpa + buf.length)) };
+}
+
+test('zeroPageShare counts exactly the all-zero pages, whatever byte of a page is set', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 600 }), fc.array(fc.tuple(fc.nat(), fc.nat({ max: PAGE - 1 }), fc.integer({ min: 1, max: 255 })), { maxLength: 80 }), (pages, writes) => {
+      const ram = new Uint8Array(pages * PAGE);
+      const dirty = new Set<number>();
+      for (const [p, off, v] of writes) {
+        const page = p % pages;
+        ram[page * PAGE + off] = v;
+        dirty.add(page);
+      }
+      assert.equal(zeroPageShare(reader(ram), ram.length), (pages - dirty.size) / pages);
+    }),
+    { numRuns: 60 },
+  );
+});
+
+test('zeroPageShare reads a RAM size that is not a multiple of the 1 MiB chunk', () => {
+  const pages = 256 + 3; // 1 MiB + 3 pages (the TCG pad makes RAM sizes like this)
+  const ram = new Uint8Array(pages * PAGE);
+  ram[(pages - 1) * PAGE + PAGE - 1] = 1; // the very last byte
+  ram[0] = 1;
+  assert.equal(zeroPageShare(reader(ram), ram.length), (pages - 2) / pages);
+});
+
+test('checkPredictCheckOptions names the bad option and its range', () => {
+  assert.throws(() => checkPredictCheckOptions({ dirtyPagesPerSec: [] }), /dirtyPagesPerSec: must be a list of 1 to 12/);
+  assert.throws(() => checkPredictCheckOptions({ dirtyPagesPerSec: [500, -1] }), /dirtyPagesPerSec\[1\]: must be a number from 0 to 100000/);
+  assert.throws(() => checkPredictCheckOptions({ linkMbit: [5] }), /linkMbit\[0\]: must be a number from 10 to 10000/);
+  assert.throws(() => checkPredictCheckOptions({ guestMib: 64 }), /guestMib: must be an integer from 96 to 512/);
+  assert.throws(() => checkPredictCheckOptions({ memMib: 65 }), /memMib: must be an integer from 1 to 64/);
+  assert.throws(() => checkPredictCheckOptions(null as never), TypeError);
+  assert.doesNotThrow(() => checkPredictCheckOptions({ dirtyPagesPerSec: [0, 12000], linkMbit: [100, 200], diskMib: 16 }));
+});
+
+test('parseNumberList parses a comma list and rejects bad items by option name', () => {
+  assert.deepEqual(parseNumberList('rates', '500, 4000,12000', 0, 100_000, 12), [500, 4000, 12000]);
+  assert.throws(() => parseNumberList('rates', '500,,4000', 0, 100_000, 12), /--rates: must be a comma-separated list/);
+  assert.throws(() => parseNumberList('links', '100,abc', 10, 10_000, 6), /--links: each value must be a number from 10 to 10000 \(got "abc"\)/);
+  assert.throws(() => parseNumberList('links', '1,2,3,4,5,6,7', 1, 10, 6), /1 to 6 numbers/);
+});
