@@ -10,17 +10,16 @@
  * files. The directory is named like a LabVm's, so reapOrphanedVms() also finds crashed targets.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmod, mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient } from '../qmp/client';
-import { GuestChannel } from './guest-channel';
+import type { QmpClient } from '../qmp/client';
+import type { GuestChannel } from './guest-channel';
 import type { GuestImage } from './guest-image';
 import type { Topology } from './netns';
 import { spawnInNs } from './netns';
-import { trackChild } from './processes';
 import { buildQemuArgs } from './qemu-args';
-import type { VmExit } from './vm';
+import { createDiskImage, launchQemu, type VmExit } from './vm';
 
 export interface IncomingVmOptions {
   /** The same guest image as the source (kernel + initramfs; the ROMs must match in size). */
@@ -54,8 +53,6 @@ function checkInt(name: string, v: unknown, min: number, max: number): void {
     throw new RangeError(`${name}: must be an integer from ${min} to ${max} (got ${String(v)})`);
   }
 }
-
-const STDERR_TAIL_BYTES = 16 * 1024;
 
 export class IncomingVm {
   private exitInfo: VmExit | undefined;
@@ -96,17 +93,8 @@ export class IncomingVm {
     if (o.disk) checkInt('disk.sizeMib', o.disk.sizeMib, 1, 1_048_576);
     const startTimeoutMs = o.startTimeoutMs ?? 20_000;
     const dir = await mkdtemp(join(o.parentDir ?? tmpdir(), `dpa-lab-${process.pid}-`));
-    let child: ChildProcess | undefined;
-    const abort = new AbortController();
     try {
-      let disk = null;
-      if (o.disk) {
-        const path = join(dir, 'disk.raw');
-        const fh = await open(path, 'wx', 0o600);
-        await fh.truncate(o.disk.sizeMib * 1024 * 1024);
-        await fh.close();
-        disk = { path, format: 'raw' as const, nodeName: o.disk.nodeName ?? 'lxd_root', deviceId: o.disk.deviceId ?? 'root' };
-      }
+      const disk = o.disk ? await createDiskImage(dir, o.disk) : null;
       const args = buildQemuArgs({
         kernelPath: o.guest.kernelPath,
         initrdPath: o.guest.initrdPath,
@@ -128,44 +116,9 @@ export class IncomingVm {
       const bin = o.qemuBinary ?? 'qemu-system-x86_64';
       const opts = { stdio: ['ignore', 'ignore', 'pipe'] as ['ignore', 'ignore', 'pipe'] };
       // `ip netns exec` execs QEMU in place: the child's pid is QEMU's.
-      const proc = o.topology ? spawnInNs(o.topology, bin, args, opts) : spawn(bin, args, opts);
-      child = proc;
-      let stderr = '';
-      proc.stderr!.setEncoding('utf8');
-      proc.stderr!.on('data', (s: string) => {
-        stderr = (stderr + s).slice(-STDERR_TAIL_BYTES);
-      });
-      const exited = new Promise<VmExit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-      proc.once('error', () => abort.abort());
-      trackChild(proc, `qemu incoming ${dir}`);
-      void exited.then(() => abort.abort());
-      const deadline = Date.now() + startTimeoutMs;
-      let qmp: QmpClient | undefined;
-      for (;;) {
-        try {
-          qmp = await QmpClient.connect(join(dir, 'qmp.sock'), { timeoutMs: Math.max(1, Math.min(5000, deadline - Date.now())) });
-          break;
-        } catch (err) {
-          if (abort.signal.aborted) throw new Error(`incoming QEMU exited while starting: ${stderr.trim() || '(no stderr)'}`, { cause: err });
-          if (Date.now() >= deadline) throw err;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-      }
-      let channel: GuestChannel;
-      try {
-        channel = await GuestChannel.connect(join(dir, 'channel.sock'), { timeoutMs: Math.max(1, deadline - Date.now()), abort: abort.signal });
-      } catch (err) {
-        await qmp.close();
-        throw err;
-      }
-      await chmod(join(dir, 'qmp.sock'), 0o600);
-      await chmod(join(dir, 'channel.sock'), 0o600);
-      return new IncomingVm(proc, proc.pid!, dir, qmp, channel, disk?.path ?? null, exited, () => stderr, o.keepDir ?? false);
+      const q = await launchQemu(dir, () => (o.topology ? spawnInNs(o.topology, bin, args, opts) : spawn(bin, args, opts)), startTimeoutMs);
+      return new IncomingVm(q.proc, q.proc.pid!, dir, q.qmp, q.channel, disk?.path ?? null, q.exited, q.stderrTail, o.keepDir ?? false);
     } catch (err) {
-      if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGKILL');
-        await new Promise((r) => child!.once('exit', r));
-      }
       if (!o.keepDir) await rm(dir, { recursive: true, force: true });
       throw err;
     }

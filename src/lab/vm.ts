@@ -90,6 +90,104 @@ const NODE_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
 const DIR_PREFIX = 'dpa-lab-';
 const STDERR_TAIL_BYTES = 16 * 1024;
 
+
+/** A lab VM's disk image in `dir` (raw: sparse file; qcow2: qemu-img), mode 0600. */
+export async function createDiskImage(
+  dir: string,
+  d: LabDiskOptions,
+): Promise<{ path: string; format: 'raw' | 'qcow2'; nodeName: string; deviceId: string }> {
+  const format = d.format ?? 'raw';
+  const path = join(dir, `disk.${format}`);
+  if (format === 'raw') {
+    const fh = await open(path, 'wx', 0o600);
+    await fh.truncate(d.sizeMib * 1024 * 1024);
+    await fh.close();
+  } else {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', path, `${d.sizeMib}M`]);
+    await chmod(path, 0o600);
+  }
+  return { path, format, nodeName: d.nodeName ?? 'lxd_root', deviceId: d.deviceId ?? 'root' };
+}
+
+/** A QEMU started by launchQemu, with its monitor and guest channel connected. */
+export interface LaunchedQemu {
+  proc: ChildProcess;
+  /** performance.now() when QEMU was spawned. */
+  spawnedAtMs: number;
+  exited: Promise<VmExit>;
+  /** The end of QEMU's stderr. */
+  stderrTail: () => string;
+  qmp: QmpClient;
+  channel: GuestChannel;
+}
+
+/**
+ * Spawns a lab QEMU whose sockets are `dir`/qmp.sock and `dir`/channel.sock (what buildQemuArgs
+ * names) and resolves once QMP and the guest channel are connected, both sockets then 0600. If
+ * QEMU exits first, or `startTimeoutMs` passes, QEMU is killed and the error (with QEMU's stderr)
+ * is thrown; the caller owns and removes `dir`. Shared by source VMs and incoming targets.
+ */
+export async function launchQemu(dir: string, spawnQemu: () => ChildProcess, startTimeoutMs: number): Promise<LaunchedQemu> {
+  let child: ChildProcess | undefined;
+  // Ends the connect retries when QEMU dies or the launch gives up.
+  const abort = new AbortController();
+  let connecting: Promise<[QmpClient, GuestChannel]> | undefined;
+  try {
+    const spawnedAtMs = performance.now();
+    const proc = spawnQemu();
+    child = proc;
+    let stderr = '';
+    proc.stderr!.setEncoding('utf8');
+    proc.stderr!.on('data', (s: string) => {
+      stderr = (stderr + s).slice(-STDERR_TAIL_BYTES);
+    });
+    const exited = new Promise<VmExit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+    const spawnFailed = new Promise<never>((_, reject) => proc.once('error', reject));
+    spawnFailed.catch(() => abort.abort());
+    trackChild(proc, `qemu ${dir}`);
+    void exited.then(() => abort.abort());
+    const exitedEarly = Promise.race([exited, spawnFailed]).then((e) => {
+      throw new Error(`QEMU exited while starting (${e.code !== null ? `status ${e.code}` : `signal ${e.signal}`}): ${stderr.trim() || '(no stderr)'}`);
+    });
+    exitedEarly.catch(() => {});
+    const connect = async (): Promise<[QmpClient, GuestChannel]> => {
+      const deadline = Date.now() + startTimeoutMs;
+      let qmp: QmpClient | undefined;
+      // QEMU creates its sockets while it parses options: retry until they exist.
+      for (;;) {
+        try {
+          qmp = await QmpClient.connect(join(dir, 'qmp.sock'), { timeoutMs: Math.max(1, Math.min(5000, deadline - Date.now())) });
+          break;
+        } catch (err) {
+          if (abort.signal.aborted || Date.now() >= deadline) throw err;
+          await delay(20);
+        }
+      }
+      try {
+        const channel = await GuestChannel.connect(join(dir, 'channel.sock'), { timeoutMs: Math.max(1, deadline - Date.now()), abort: abort.signal });
+        return [qmp, channel];
+      } catch (err) {
+        await qmp.close();
+        throw err;
+      }
+    };
+    connecting = connect();
+    const [qmp, channel] = await Promise.race([connecting, exitedEarly]);
+    await chmod(join(dir, 'qmp.sock'), 0o600);
+    await chmod(join(dir, 'channel.sock'), 0o600);
+    return { proc, spawnedAtMs, exited, stderrTail: () => stderr, qmp, channel };
+  } catch (err) {
+    abort.abort();
+    // A connection that completes after the race was lost must not keep the loop alive.
+    void connecting?.then(([q, c]) => Promise.all([q.close(), c.close()])).catch(() => {});
+    if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child!.once('exit', r));
+    }
+    throw err;
+  }
+}
+
 function checkInt(name: string, v: unknown, min: number, max: number): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
@@ -176,25 +274,8 @@ export class LabVm {
     const startTimeoutMs = options.startTimeoutMs ?? 20_000;
     // mkdtemp makes the directory 0700: only this user reaches the sockets inside.
     const dir = await mkdtemp(join(options.parentDir ?? tmpdir(), `${DIR_PREFIX}${process.pid}-`));
-    let child: ChildProcess | undefined;
-    // Ends the connect retries when QEMU dies or start() gives up.
-    const abort = new AbortController();
-    let connecting: Promise<[QmpClient, GuestChannel]> | undefined;
     try {
-      let disk = null;
-      if (diskOpts) {
-        const format = diskOpts.format ?? 'raw';
-        const path = join(dir, `disk.${format}`);
-        if (format === 'raw') {
-          const fh = await open(path, 'wx', 0o600);
-          await fh.truncate(diskOpts.sizeMib * 1024 * 1024);
-          await fh.close();
-        } else {
-          await run('qemu-img', ['create', '-q', '-f', 'qcow2', path, `${diskOpts.sizeMib}M`]);
-          await chmod(path, 0o600);
-        }
-        disk = { path, format, nodeName: diskOpts.nodeName ?? 'lxd_root', deviceId: diskOpts.deviceId ?? 'root' };
-      }
+      const disk = diskOpts ? await createDiskImage(dir, diskOpts) : null;
       const args = buildQemuArgs({
         kernelPath: guest.kernelPath,
         initrdPath: guest.initrdPath,
@@ -211,59 +292,12 @@ export class LabVm {
         name: options.name ?? 'dpa-lab',
         extraArgs: options.extraArgs ?? [],
       });
-      const spawnedAtMs = performance.now();
-      const proc = spawn(options.qemuBinary ?? 'qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-      child = proc;
-      let stderr = '';
-      proc.stderr!.setEncoding('utf8');
-      proc.stderr!.on('data', (s: string) => {
-        stderr = (stderr + s).slice(-STDERR_TAIL_BYTES);
-      });
-      const exited = new Promise<VmExit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-      const spawnFailed = new Promise<never>((_, reject) => proc.once('error', reject));
-      spawnFailed.catch(() => abort.abort());
-      trackChild(proc, `qemu ${dir}`);
-      void exited.then(() => abort.abort());
-      const exitedEarly = Promise.race([exited, spawnFailed]).then((e) => {
-        throw new Error(`QEMU exited while starting (${e.code !== null ? `status ${e.code}` : `signal ${e.signal}`}): ${stderr.trim() || '(no stderr)'}`);
-      });
-      exitedEarly.catch(() => {});
-      const connect = async (): Promise<[QmpClient, GuestChannel]> => {
-        const deadline = Date.now() + startTimeoutMs;
-        let qmp: QmpClient | undefined;
-        // QEMU creates its sockets while it parses options: retry until they exist.
-        for (;;) {
-          try {
-            qmp = await QmpClient.connect(join(dir, 'qmp.sock'), { timeoutMs: Math.max(1, Math.min(5000, deadline - Date.now())) });
-            break;
-          } catch (err) {
-            if (abort.signal.aborted || Date.now() >= deadline) throw err;
-            await delay(20);
-          }
-        }
-        try {
-          const channel = await GuestChannel.connect(join(dir, 'channel.sock'), { timeoutMs: Math.max(1, deadline - Date.now()), abort: abort.signal });
-          return [qmp, channel];
-        } catch (err) {
-          await qmp.close();
-          throw err;
-        }
-      };
-      connecting = connect();
-      const [qmp, channel] = await Promise.race([connecting, exitedEarly]);
-      await chmod(join(dir, 'qmp.sock'), 0o600);
-      await chmod(join(dir, 'channel.sock'), 0o600);
-      const vm = new LabVm(proc, proc.pid!, dir, qmp, channel, guestMib, disk?.path ?? null, spawnedAtMs, exited, () => stderr, options.keepDir ?? false);
+      const bin = options.qemuBinary ?? 'qemu-system-x86_64';
+      const q = await launchQemu(dir, () => spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] }), startTimeoutMs);
+      const vm = new LabVm(q.proc, q.proc.pid!, dir, q.qmp, q.channel, guestMib, disk?.path ?? null, q.spawnedAtMs, q.exited, q.stderrTail, options.keepDir ?? false);
       vm.ramPadKib = options.ramPadKib ?? 0;
       return vm;
     } catch (err) {
-      abort.abort();
-      // A connection that completes after the race was lost must not keep the loop alive.
-      void connecting?.then(([q, c]) => Promise.all([q.close(), c.close()])).catch(() => {});
-      if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGKILL');
-        await new Promise((r) => child!.once('exit', r));
-      }
       if (!options.keepDir) await rm(dir, { recursive: true, force: true });
       throw err;
     }
