@@ -221,34 +221,94 @@ function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export class LabVm {
-  /** Host time from spawning QEMU to the guest's ready line, ms (set by ready()). */
-  bootMs: number | undefined;
-  /** RAM beyond guestMib, KiB (LabVmOptions.ramPadKib). */
-  ramPadKib = 0;
-  private stopping: Promise<VmExit> | undefined;
-  private exitInfo: VmExit | undefined;
+/** What a lab QEMU is started from: the machine (buildQemuArgs) and where its process runs. */
+export interface QemuLaunchOptions {
+  guest: GuestImage;
+  guestMib: number;
+  ramPadKib?: number;
+  vcpus?: number;
+  accel?: 'tcg' | 'kvm';
+  kernelArgs?: readonly string[];
+  disk: LabDiskOptions | null;
+  name?: string;
+  qemuBinary?: string;
+  parentDir?: string;
+  startTimeoutMs?: number;
+  keepDir?: boolean;
+  extraArgs: readonly string[];
+  /** Spawns QEMU (default: child_process.spawn in this network namespace). */
+  spawnQemu?: (bin: string, args: string[], opts: { stdio: ['ignore', 'ignore', 'pipe'] }) => ChildProcess;
+}
 
-  private constructor(
-    private readonly child: ChildProcess,
-    /** QEMU's pid. */
-    readonly pid: number,
+/**
+ * A lab QEMU process with its private directory, monitor and guest channel: what a source LabVm
+ * and an incoming target share (start, kill, stop, the directory's sockets and logs).
+ */
+export class QemuProcess {
+  /** QEMU's pid. */
+  readonly pid: number;
+  readonly qmp: QmpClient;
+  readonly channel: GuestChannel;
+  /** Resolves when QEMU has exited. */
+  readonly exited: Promise<VmExit>;
+  protected readonly child: ChildProcess;
+  protected readonly spawnedAtMs: number;
+  private readonly stderrTail: () => string;
+  private exitInfo: VmExit | undefined;
+  private stopping: Promise<VmExit> | undefined;
+
+  protected constructor(
+    launched: LaunchedQemu,
     /** The private directory (0700). */
     readonly dir: string,
-    readonly qmp: QmpClient,
-    readonly channel: GuestChannel,
-    readonly guestMib: number,
     /** The disk image, or null. */
     readonly diskPath: string | null,
-    private readonly spawnedAtMs: number,
-    /** Resolves when QEMU has exited. */
-    readonly exited: Promise<VmExit>,
-    private readonly stderrTail: () => string,
     private readonly keepDir: boolean,
   ) {
-    void exited.then((e) => {
+    this.child = launched.proc;
+    this.pid = launched.proc.pid!;
+    this.qmp = launched.qmp;
+    this.channel = launched.channel;
+    this.exited = launched.exited;
+    this.spawnedAtMs = launched.spawnedAtMs;
+    this.stderrTail = launched.stderrTail;
+    void this.exited.then((e) => {
       this.exitInfo = e;
     });
+  }
+
+  /**
+   * Makes the private directory (mkdtemp: 0700, named so reapOrphanedVms() finds it), the disk
+   * image, and launches QEMU; removes the directory if that fails (unless keepDir).
+   */
+  protected static async launch(o: QemuLaunchOptions): Promise<{ launched: LaunchedQemu; dir: string; diskPath: string | null }> {
+    const dir = await mkdtemp(join(o.parentDir ?? tmpdir(), `${DIR_PREFIX}${process.pid}-`));
+    try {
+      const disk = o.disk ? await createDiskImage(dir, o.disk) : null;
+      const args = buildQemuArgs({
+        kernelPath: o.guest.kernelPath,
+        initrdPath: o.guest.initrdPath,
+        kernelArgs: o.kernelArgs ?? [],
+        guestMib: o.guestMib,
+        ...(o.ramPadKib ? { ramPadKib: o.ramPadKib } : {}),
+        vcpus: o.vcpus ?? 1,
+        accel: o.accel ?? 'tcg',
+        qmpSocketPath: join(dir, 'qmp.sock'),
+        channelSocketPath: join(dir, 'channel.sock'),
+        serialLogPath: join(dir, 'serial.log'),
+        pidFilePath: join(dir, 'qemu.pid'),
+        disk,
+        name: o.name ?? 'dpa-lab',
+        extraArgs: o.extraArgs,
+      });
+      const bin = o.qemuBinary ?? 'qemu-system-x86_64';
+      const spawnQemu = o.spawnQemu ?? spawn;
+      const launched = await launchQemu(dir, () => spawnQemu(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] }), o.startTimeoutMs ?? 20_000);
+      return { launched, dir, diskPath: disk?.path ?? null };
+    } catch (err) {
+      if (!o.keepDir) await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   get qmpSocketPath(): string {
@@ -264,43 +324,76 @@ export class LabVm {
   get running(): boolean {
     return this.exitInfo === undefined;
   }
+  /** The end of QEMU's stderr (why an incoming migration failed, for instance). */
+  stderr(): string {
+    return this.stderrTail();
+  }
+
+  /** Sends `signal` (default SIGKILL) and waits for QEMU to exit: a host dying. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<VmExit> {
+    if (this.running) this.child.kill(signal);
+    return this.exited;
+  }
+
+  /**
+   * Stops QEMU: `quit` over QMP, then SIGKILL if it has not exited within `timeoutMs`
+   * (1..600000; default 5000). Closes the sockets and removes the private directory unless
+   * keepDir. Idempotent.
+   */
+  stop(opts: { timeoutMs?: number } = {}): Promise<VmExit> {
+    checkInt('timeoutMs', opts.timeoutMs, 1, 600_000);
+    this.stopping ??= this.doStop(opts.timeoutMs ?? 5000);
+    return this.stopping;
+  }
+
+  private async doStop(timeoutMs: number): Promise<VmExit> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((r) => {
+      timer = setTimeout(() => r('timeout'), timeoutMs);
+    });
+    if (this.running && this.qmp.connected) {
+      // QEMU answers, then exits; the connection may drop before the answer arrives. Not awaited:
+      // the exit (or the deadline) is what counts.
+      void this.qmp.execute('quit', {}, { timeoutMs }).catch(() => {});
+    }
+    if ((await Promise.race([this.exited, timedOut])) === 'timeout' && this.running) this.child.kill('SIGKILL');
+    clearTimeout(timer);
+    const exit = await this.exited;
+    await Promise.all([this.channel.close(), this.qmp.close()]);
+    if (!this.keepDir) await rm(this.dir, { recursive: true, force: true });
+    return exit;
+  }
+}
+
+export class LabVm extends QemuProcess {
+  /** Host time from spawning QEMU to the guest's ready line, ms (set by ready()). */
+  bootMs: number | undefined;
+
+  private constructor(
+    launched: LaunchedQemu,
+    dir: string,
+    diskPath: string | null,
+    keepDir: boolean,
+    readonly guestMib: number,
+    /** RAM beyond guestMib, KiB (LabVmOptions.ramPadKib). */
+    readonly ramPadKib: number,
+  ) {
+    super(launched, dir, diskPath, keepDir);
+  }
 
   /** Starts QEMU; resolves once QMP and the guest channel are connected (the guest is still booting). */
   static async start(options: LabVmOptions = {}): Promise<LabVm> {
     checkOptions(options);
     const guest = options.guest ?? (await buildGuestImage());
     const guestMib = options.guestMib ?? 256;
-    const diskOpts = options.disk === undefined ? { sizeMib: 64 } : options.disk;
-    const startTimeoutMs = options.startTimeoutMs ?? 20_000;
-    // mkdtemp makes the directory 0700: only this user reaches the sockets inside.
-    const dir = await mkdtemp(join(options.parentDir ?? tmpdir(), `${DIR_PREFIX}${process.pid}-`));
-    try {
-      const disk = diskOpts ? await createDiskImage(dir, diskOpts) : null;
-      const args = buildQemuArgs({
-        kernelPath: guest.kernelPath,
-        initrdPath: guest.initrdPath,
-        kernelArgs: options.kernelArgs ?? [],
-        guestMib,
-        ...(options.ramPadKib ? { ramPadKib: options.ramPadKib } : {}),
-        vcpus: options.vcpus ?? 1,
-        accel: options.accel ?? 'tcg',
-        qmpSocketPath: join(dir, 'qmp.sock'),
-        channelSocketPath: join(dir, 'channel.sock'),
-        serialLogPath: join(dir, 'serial.log'),
-        pidFilePath: join(dir, 'qemu.pid'),
-        disk,
-        name: options.name ?? 'dpa-lab',
-        extraArgs: options.extraArgs ?? [],
-      });
-      const bin = options.qemuBinary ?? 'qemu-system-x86_64';
-      const q = await launchQemu(dir, () => spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] }), startTimeoutMs);
-      const vm = new LabVm(q.proc, q.proc.pid!, dir, q.qmp, q.channel, guestMib, disk?.path ?? null, q.spawnedAtMs, q.exited, q.stderrTail, options.keepDir ?? false);
-      vm.ramPadKib = options.ramPadKib ?? 0;
-      return vm;
-    } catch (err) {
-      if (!options.keepDir) await rm(dir, { recursive: true, force: true });
-      throw err;
-    }
+    const { launched, dir, diskPath } = await QemuProcess.launch({
+      ...options,
+      guest,
+      guestMib,
+      disk: options.disk === undefined ? { sizeMib: 64 } : options.disk,
+      extraArgs: options.extraArgs ?? [],
+    });
+    return new LabVm(launched, dir, diskPath, options.keepDir ?? false, guestMib, options.ramPadKib ?? 0);
   }
 
   /**
@@ -315,7 +408,7 @@ export class LabVm {
       return ev;
     } catch (err) {
       const log = await this.serialLog().catch(() => '');
-      throw new Error(`${(err as Error).message}; serial log ends:\n${log.split('\n').slice(-20).join('\n')}${this.stderrTail() ? `\nQEMU stderr: ${this.stderrTail()}` : ''}`, { cause: err });
+      throw new Error(`${(err as Error).message}; serial log ends:\n${log.split('\n').slice(-20).join('\n')}${this.stderr() ? `\nQEMU stderr: ${this.stderr()}` : ''}`, { cause: err });
     }
   }
 
@@ -376,34 +469,6 @@ export class LabVm {
   async reports(settings: ReportSettings): Promise<Required<ReportSettings>> {
     checkReportSettings(settings);
     return this.channel.request<Required<ReportSettings>>('reports', { ...settings });
-  }
-
-  /**
-   * Stops QEMU: `quit` over QMP, then SIGKILL if it has not exited within `timeoutMs`
-   * (1..600000; default 5000). Removes the private directory unless keepDir. Idempotent.
-   */
-  stop(opts: { timeoutMs?: number } = {}): Promise<VmExit> {
-    checkInt('timeoutMs', opts.timeoutMs, 1, 600_000);
-    this.stopping ??= this.doStop(opts.timeoutMs ?? 5000);
-    return this.stopping;
-  }
-
-  private async doStop(timeoutMs: number): Promise<VmExit> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((r) => {
-      timer = setTimeout(() => r('timeout'), timeoutMs);
-    });
-    if (this.running && this.qmp.connected) {
-      // QEMU answers, then exits; the connection may drop before the answer arrives. Not awaited:
-      // the exit (or the deadline) is what counts.
-      void this.qmp.execute('quit', {}, { timeoutMs }).catch(() => {});
-    }
-    if ((await Promise.race([this.exited, timedOut])) === 'timeout' && this.running) this.child.kill('SIGKILL');
-    clearTimeout(timer);
-    const exit = await this.exited;
-    await Promise.all([this.channel.close(), this.qmp.close()]);
-    if (!this.keepDir) await rm(this.dir, { recursive: true, force: true });
-    return exit;
   }
 }
 

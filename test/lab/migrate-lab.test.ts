@@ -215,7 +215,9 @@ describe('dpa migrate: LXD-shaped QEMU-to-QEMU migration with non-shared storage
     assert.equal(r.failure!.phase, 'ram');
     assert.equal(r.failure!.errorName, 'MigrationTimeoutError');
     const failedAt = r.totalMs - r.rollback!.durationMs;
-    assert.ok(failedAt >= 4000 && failedAt < 5500, `failed after ${failedAt.toFixed(0)} ms`);
+    // setTimeout counts from the event loop's cached clock, which can lag performance.now() by a
+    // few ms when the loop is busy: the timer may fire that much "early" on our clock.
+    assert.ok(failedAt >= 3990 && failedAt < 5500, `failed after ${failedAt.toFixed(1)} ms`);
     assert.equal(r.rollback!.migrationCancelled, true);
     assert.deepEqual(r.rollback!.errors, []);
     await checkSourceIntact('after timeout');
