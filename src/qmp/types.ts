@@ -134,20 +134,8 @@ export interface MigrateSetParameters {
   [other: string]: unknown;
 }
 
-/** query-migrate-parameters (the same parameters, as currently set). */
-export interface MigrationParameters {
-  'max-bandwidth'?: number;
-  'downtime-limit'?: number;
-  'cpu-throttle-initial'?: number;
-  'cpu-throttle-increment'?: number;
-  'throttle-trigger-threshold'?: number;
-  'max-cpu-throttle'?: number;
-  'cpu-throttle-tailslow'?: boolean;
-  'multifd-channels'?: number;
-  'xbzrle-cache-size'?: number;
-  'max-postcopy-bandwidth'?: number;
-  [other: string]: unknown;
-}
+/** query-migrate-parameters: the same parameters, as currently set. */
+export type MigrationParameters = MigrateSetParameters;
 
 /** calc-dirty-rate modes. dirty-bitmap crashes QEMU 7.2 under TCG (see calcDirtyRate()). */
 export type DirtyRateMeasureMode = 'page-sampling' | 'dirty-ring' | 'dirty-bitmap';
