@@ -4,7 +4,8 @@
  * migrates them, e.g. LXD. Each VM's migration is observed through QMP (src/governor/observed.ts);
  * the base-disk copy, invisible to QMP, is described by --base-mib and --base-mib-per-sec.
  *
- * On start it reconciles the state file (restoring what a crashed governor left applied); on
+ * On start it reconciles the state file (restoring what a crashed governor left applied, except
+ * on the VMs given here, whose entries it takes over so their throttles stay in force); on
  * SIGINT/SIGTERM, at --seconds, or when every migration has ended, it restores everything it
  * changed and exits. --json prints JSON lines: `start`, `tick` (on every action and every
  * --report-ms), `released`, `warning`, `end`.
@@ -46,6 +47,7 @@ export const command = defineCommand({
     baseMibPerSec: { type: 'number', min: 0.001, max: 1e7, default: 100, description: 'assumed speed of that copy', unit: 'MiB/s' },
     linkMbit: { type: 'number', min: 0.001, max: 1e7, default: 1000, description: 'link speed assumed until measured', unit: 'Mbit/s' },
     noBandwidth: { type: 'boolean', description: 'leave max-bandwidth alone (only throttle writes)' },
+    overlayGrowth: { type: 'boolean', description: 'plan with the overlay growth each guest causes, not every byte it writes (rewrites cost Ω nothing)' },
     stateFile: { type: 'string', description: `crash-safety state file (default ${defaultStateFile()})` },
     decisionLog: { type: 'string', description: 'append every decision with its inputs to this JSON lines file (0600)' },
     seconds: { type: 'number', min: 0, max: 30 * 86_400, default: 0, description: 'stop after this long (0 = until interrupted or all migrations ended)', unit: 's' },
@@ -69,7 +71,10 @@ export const command = defineCommand({
       slaBytesPerSec: options.slaBytesPerSec,
       linkHintBytesPerSec: (options.linkMbit * 1e6) / 8,
       manageBandwidth: !options.noBandwidth,
+      overlayGrowth: options.overlayGrowth === true,
       stateFile,
+      // A restart governing the same VMs takes over their entries instead of lifting their throttles.
+      adopt: positionals.map((p) => resolve(p)),
       ...(options.decisionLog !== undefined ? { decisionLog: resolve(options.decisionLog) } : {}),
     });
     const clients: QmpClient[] = [];
@@ -83,7 +88,7 @@ export const command = defineCommand({
       print(
         { type: 'start', stateFile, policy: options.policy, intervalMs: options.intervalMs, reconcile: r },
         `dpa govern: policy ${options.policy}, Ω ${options.omegaMib} MiB, ${options.intervalMs} ms; state file ${stateFile}` +
-          (r && r.entries > 0 ? `\n  reconciled a previous run: restored ${r.restored.length}, gone ${r.gone.length}, modified ${r.modified.length}, failed ${r.failed.length}` : ''),
+          (r && r.entries > 0 ? `\n  reconciled a previous run: restored ${r.restored.length}, taken over ${r.adopted?.length ?? 0}, gone ${r.gone.length}, modified ${r.modified.length}, failed ${r.failed.length}` : ''),
       );
       governor.on('warning', (w) => print({ type: 'warning', ...w }, `  warning${w.id ? ` ${w.id}` : ''} (${w.stage}): ${w.message}`));
       governor.on('released', (e) => {

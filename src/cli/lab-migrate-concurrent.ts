@@ -7,6 +7,7 @@
  * summary. Exit status 0 when the governed run completed every migration with no overflow, no
  * paused guest and every guest's data verified; 1 otherwise.
  */
+import { resolve } from 'node:path';
 import { runConcurrentMigrations, type ConcurrentRunReport } from '../migrate/concurrent';
 import { jsonOption } from './args';
 import { defineCommand } from './command';
@@ -17,7 +18,7 @@ function line(name: string, r: ConcurrentRunReport): string {
   return (
     `${name.padEnd(9)} completed ${r.completed}/${r.migrations.length}, rolled back ${r.rolledBack}, overflow ${r.overflow ? 'YES' : 'no'}, ` +
     `paused guests ${r.pausedGuests}, data verified ${r.dataVerified ? 'yes' : 'NO'}, Ω min free ${(r.omegaMinFreeBytes / MiB).toFixed(2)} MiB, ` +
-    `overlay peaks Σ ${(r.overlayPeakSumBytes / MiB).toFixed(1)} MiB, ${(r.wallMs / 1000).toFixed(1)} s\n`
+    `overlay peaks Σ ${(r.overlayPeakSumBytes / MiB).toFixed(1)} MiB, write share min ${r.writeShareRatioMin === null ? 'n/a' : r.writeShareRatioMin.toFixed(2)} (of what Ω and link allow ${r.writeAllowedRatioMin === null ? 'n/a' : r.writeAllowedRatioMin.toFixed(2)}), ${(r.wallMs / 1000).toFixed(1)} s\n`
   );
 }
 
@@ -36,6 +37,8 @@ export const command = defineCommand({
     memWriteRate: { type: 'number', min: 0, max: 100_000, default: 500, description: 'guest page writes per second', unit: 'pages/s' },
     runs: { type: 'enum', choices: ['both', 'baseline', 'governed'], default: 'both', description: 'which runs' },
     timeoutS: { type: 'int', min: 10, max: 3600, default: 150, description: 'per-migration limit (then it rolls back)', unit: 's' },
+    decisionLog: { type: 'string', description: "keep the governed run's decision log (JSON lines) at this path" },
+    countAllWrites: { type: 'boolean', description: 'the governor counts every written byte as overlay growth (its library default) instead of measuring the growth' },
     ...jsonOption,
   },
   async run(options, _positionals, io) {
@@ -54,6 +57,8 @@ export const command = defineCommand({
       memWritePagesPerSec: options.memWriteRate,
       runs: options.runs as 'both' | 'baseline' | 'governed',
       migrationTimeoutS: options.timeoutS,
+      ...(options.decisionLog !== undefined ? { decisionLog: resolve(options.decisionLog) } : {}),
+      governorOverlayGrowth: options.countAllWrites !== true,
       onNote: (l) => io.err(l + '\n'),
       signal: io.signal,
     });

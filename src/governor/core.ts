@@ -53,6 +53,17 @@ export interface CoreOptions {
   linkHintBytesPerSec?: number;
   demand?: DemandOptions;
   bandwidth?: BandwidthEstimatorOptions;
+  /**
+   * Plan with the overlay's growth, not the bytes written (default false): a guest rewriting
+   * clusters its overlay already holds writes without growing it, so the policy is given
+   * demand × f and its γ is applied as the write limit γ / f, f being the measured share of
+   * written bytes that grow the overlay (Δ actual-size / Δ wr_bytes, 1/16..1; starts at 1; a
+   * rise counts at the end of each 256 KiB written, a fall only over whole 1 MiB windows,
+   * halfway each). A guest moving from rewrites to new clusters outgrows its plan by less than
+   * 512 KiB (two such windows) before f catches up; a mix of both is planned with an f above its
+   * true share (conservative).
+   */
+  overlayGrowth?: boolean;
 }
 
 /** What the governor knows about a VM when it starts governing it. */
@@ -93,6 +104,10 @@ export interface TickResult {
 }
 
 const GOVERNED: ReadonlySet<GovernedPhase> = new Set(['base', 'mirror', 'ram', 'switchover']);
+/** Growth share f (CoreOptions.overlayGrowth): floor, bytes written before a rise counts, window of a fall. */
+const GROWTH_MIN = 1 / 16;
+const GROWTH_RISE_BYTES = 256 * 1024;
+const GROWTH_WINDOW_BYTES = 1024 * 1024;
 /** Smallest write-limit step worth a QMP call, bytes/s. */
 const MIN_STEP_BYTES_PER_SEC = 1024;
 
@@ -124,6 +139,19 @@ class Vm {
   private curve: DirtyCurve;
   readonly ramPages: number;
   ended = false;
+  /**
+   * Until then (monotonic ms) a throttle in force is only tightened, never loosened: set for a VM
+   * taken over from a previous governor, whose demand is unknown until measured for τ.
+   */
+  holdLooserUntilMs = -Infinity;
+  /** Share of written bytes that grow the overlay (CoreOptions.overlayGrowth), GROWTH_MIN..1. */
+  growthFraction = 1;
+  private gLastOverlay: number | undefined;
+  private gLastWr: number | undefined;
+  private gAccOverlay = 0;
+  private gAccWr = 0;
+  private gRiseOverlay = 0;
+  private gRiseWr = 0;
   /** Last planned γ (null = none) and the limits it gives. */
   lastGamma: number | null = null;
   lastDesired: ThrottleLimits;
@@ -154,6 +182,38 @@ class Vm {
     this.lastRam = ram;
     this.movedBytes += d;
     return d;
+  }
+
+  /** Folds one reading into growthFraction (only while the overlay exists and both counters move forward). */
+  observeGrowth(overlayBytes: number | null, wrBytes: number | null): void {
+    if (overlayBytes === null || wrBytes === null) return;
+    const lo = this.gLastOverlay;
+    const lw = this.gLastWr;
+    this.gLastOverlay = overlayBytes;
+    this.gLastWr = wrBytes;
+    if (lo === undefined || lw === undefined || lo <= 0 || overlayBytes < lo || wrBytes < lw) {
+      this.gAccOverlay = this.gAccWr = this.gRiseOverlay = this.gRiseWr = 0;
+      return;
+    }
+    const dO = overlayBytes - lo;
+    const dW = wrBytes - lw;
+    this.gAccOverlay += dO;
+    this.gAccWr += dW;
+    this.gRiseOverlay += dO;
+    this.gRiseWr += dW;
+    // qcow2 metadata can make the overlay grow a little more than the data written: capped at 1.
+    // New clusters again (short window): the limit must come down now.
+    if (this.gRiseWr >= GROWTH_RISE_BYTES) {
+      const f = Math.min(1, this.gRiseOverlay / this.gRiseWr);
+      if (f > this.growthFraction) this.growthFraction = quantize(f);
+      this.gRiseOverlay = this.gRiseWr = 0;
+    }
+    // Rewrites (long window): loosen only by halves.
+    if (this.gAccWr >= GROWTH_WINDOW_BYTES) {
+      const f = Math.min(1, this.gAccOverlay / this.gAccWr);
+      if (f < this.growthFraction) this.growthFraction = Math.max(GROWTH_MIN, quantize((this.growthFraction + f) / 2));
+      this.gAccOverlay = this.gAccWr = 0;
+    }
   }
 
   ramDirty(): DirtyCurve {
@@ -198,7 +258,9 @@ export class GovernorCore {
       ramBandwidthHeadroom: num('ramBandwidthHeadroom', options.ramBandwidthHeadroom, 0.25, 0, 4),
       minRamBandwidthBytesPerSec: num('minRamBandwidthBytesPerSec', options.minRamBandwidthBytesPerSec, 1024 * 1024, 1, 1e12),
       linkHintBytesPerSec: num('linkHintBytesPerSec', options.linkHintBytesPerSec, 125e6, 1, 1e12),
+      overlayGrowth: options.overlayGrowth ?? false,
     };
+    if (typeof this.o.overlayGrowth !== 'boolean') throw new TypeError('overlayGrowth: must be a boolean');
     this.demandOptions = options.demand;
     // The loop samples continuously: only idle stretches (nothing moving) are gaps.
     this.link = new BandwidthEstimator(options.bandwidth);
@@ -227,13 +289,24 @@ export class GovernorCore {
     return this.vms.has(id);
   }
 
-  /** Starts governing a VM. `nowMs` is the monotonic time (its migration's start on the world clock). */
-  attach(setup: VmSetup, nowMs: number): void {
+  /**
+   * Starts governing a VM. `nowMs` is the monotonic time (its migration's start on the world
+   * clock). `inForce`: what a previous governor left applied (taken over from its state file);
+   * the planning starts from it, and it is only tightened until the guest's demand has been
+   * measured for τ (lifting it on an unknown demand would let the guest write at full speed).
+   */
+  attach(setup: VmSetup, nowMs: number, inForce?: { limits: ThrottleLimits; maxBandwidthBytesPerSec: number }): void {
     if (typeof setup.id !== 'string' || setup.id === '') throw new TypeError('id: must be a non-empty string');
     if (this.vms.has(setup.id)) throw new RangeError(`id: '${setup.id}' is already governed`);
     if (!(setup.ramBytes > 0) || !Number.isFinite(setup.ramBytes)) throw new RangeError(`ramBytes: must be a finite number > 0 (got ${String(setup.ramBytes)})`);
     this.t0Ms ??= nowMs;
-    this.vms.set(setup.id, new Vm(setup, (nowMs - this.t0Ms) / 1000, this.demandOptions));
+    const vm = new Vm(setup, (nowMs - this.t0Ms) / 1000, this.demandOptions);
+    if (inForce) {
+      vm.current = inForce.limits;
+      vm.currentMaxBw = inForce.maxBandwidthBytesPerSec;
+      vm.holdLooserUntilMs = nowMs + vm.demand.tauMs;
+    }
+    this.vms.set(setup.id, vm);
   }
 
   /** Stops governing a VM without any action (after its restore was applied, or when it is gone). */
@@ -318,6 +391,7 @@ export class GovernorCore {
           vm.wrBytes = t.wrBytes;
           vm.demand.update(t.tMs, t.wrBytes, effectiveWriteLimit(vm.current), t.wrOps);
         }
+        if (this.o.overlayGrowth && GOVERNED.has(t.progress.phase)) vm.observeGrowth(t.overlayBytes, t.wrBytes);
         this.movedTotal += vm.advanceMoved(t.progress);
       }
       if (ENDED_PHASES.has(vm.phase)) vm.ended = true;
@@ -349,7 +423,7 @@ export class GovernorCore {
         phase,
         startedSec: vm.startedSec,
         overlayBytes: vm.overlayBytes,
-        writeBytesPerSecDemand: vm.demand.demandBytesPerSec,
+        writeBytesPerSecDemand: vm.demand.demandBytesPerSec * vm.growthFraction,
         baseBytesLeft: phase === 'base' ? Math.max(0, p.baseBytesTotal - p.baseBytesCopied) : 0,
         mirrorBytesLeft: phase === 'base' ? vm.overlayBytes : phase === 'mirror' && p.mirror ? Math.max(0, p.mirror.len - p.mirror.offset) : 0,
         ramBytes: vm.setup.ramBytes,
@@ -384,17 +458,18 @@ export class GovernorCore {
         byId ??= new Map(decision.migrations.map((d) => [d.id, d]));
         md = byId.get(id);
       }
-      this.planVm(vm, md, actions);
+      this.planVm(vm, md, actions, nowMs);
       inputs.push(this.inputRecord(vm));
     }
     return { world, decision, actions, ended, inputs };
   }
 
-  private planVm(vm: Vm, md: MigrationDecision | undefined, actions: GovernorAction[]): void {
+  private planVm(vm: Vm, md: MigrationDecision | undefined, actions: GovernorAction[], nowMs: number): void {
     const id = vm.setup.id;
     const orig = vm.setup.originalLimits;
     const gamma = md?.throttleBytesPerSec;
-    const g = gamma === null || gamma === undefined || !Number.isFinite(gamma) ? null : Math.max(this.slaFloorBytesPerSec, Math.round(gamma));
+    // γ is an overlay growth rate; the write limit that gives it is γ / f (f = 1 unless overlayGrowth).
+    const g = gamma === null || gamma === undefined || !Number.isFinite(gamma) ? null : Math.max(this.slaFloorBytesPerSec, Math.round(gamma / vm.growthFraction));
     // The same γ as last tick gives the same object: once applied, a reference check suffices.
     if (g !== vm.lastGamma) {
       vm.lastGamma = g;
@@ -405,7 +480,8 @@ export class GovernorCore {
       const want = effectiveWriteLimit(desired);
       const have = effectiveWriteLimit(vm.current);
       const band = Math.max(MIN_STEP_BYTES_PER_SEC, this.o.throttleHysteresis * have);
-      if (!(Number.isFinite(want) && Number.isFinite(have) && Math.abs(want - have) <= band)) {
+      const held = nowMs < vm.holdLooserUntilMs && !(want < have);
+      if (!held && !(Number.isFinite(want) && Number.isFinite(have) && Math.abs(want - have) <= band)) {
         actions.push({ kind: 'set-throttle', id, limits: desired, writeBytesPerSec: Number.isFinite(want) ? want : 0, why: 'policy' });
       }
     }
@@ -429,6 +505,7 @@ export class GovernorCore {
       writeLimitBytesPerSec: Number.isFinite(w) ? w : 0,
       overlayBytes: vm.overlayBytes,
       movedBytes: vm.movedBytes,
+      ...(this.o.overlayGrowth ? { growthFraction: vm.growthFraction } : {}),
     };
   }
 }

@@ -42,7 +42,8 @@ function opt(name: string, v: number | undefined, def: number, min: number, max:
 const NOISE_BYTES_PER_SEC = 1024;
 
 export class WriteDemand {
-  private readonly tauMs: number;
+  /** The averaging time constant, ms. */
+  readonly tauMs: number;
   private readonly saturation: number;
   private readonly probe: number;
   private readonly hysteresis: number;

@@ -5,8 +5,11 @@
  * nothing else: it never pauses a guest, never cancels a migration.
  *
  * Crash safety (./state-file.ts): `Governor.start()` first reconciles the state file a previous
- * governor may have left (restoring what it applied), and from then on the file records every
- * VM's originals as soon as it is attached and every change before it is sent. What the governor
+ * governor may have left (restoring what it applied; VMs listed in `adopt`, which the caller
+ * governs again, are taken over instead: their recorded originals are kept and the settings in
+ * force are the policy's starting point, so a restart never lifts a throttle that protects Ω),
+ * and from then on the file records every VM's originals as soon as it is attached and every
+ * change before it is sent. What the governor
  * changed is put back when the VM's migration ends (for any reason, at once), when the VM is
  * detached, and on stop() (the CLI calls it on SIGINT/SIGTERM). A VM whose QEMU dies is dropped;
  * if its monitor still answers on a fresh connection (only the shared client went away), its
@@ -39,7 +42,7 @@ import type { BlockInfo } from '../qmp/types';
 import { GovernorCore, type CoreOptions, type TickResult, type VmTelemetry } from './core';
 import { DecisionLog, type DecisionRecord } from './decision-log';
 import { reconcile, restoreEntry, StateFile, type ReconcileReport, type StateEntry } from './state-file';
-import { readLimits, throttleArgs } from './throttle';
+import { looksGoverned, readLimits, sameLimits, throttleArgs } from './throttle';
 import type { GovernedMigration, GovernorAction } from './types';
 
 export interface GovernorOptions extends Omit<CoreOptions, 'policy' | 'intervalMs' | 'slaBytesPerSec'> {
@@ -59,6 +62,12 @@ export interface GovernorOptions extends Omit<CoreOptions, 'policy' | 'intervalM
   queryTimeoutMs?: number;
   /** Aborting it stops the governor (restoring everything), as stop() does. */
   signal?: AbortSignal;
+  /**
+   * Monitor socket paths of VMs the caller attaches right after start(): a previous governor's
+   * state-file entries for them are taken over at attach() (originals kept, its settings left in
+   * force) instead of restored by the reconcile. Entries never attached are restored by stop().
+   */
+  adopt?: readonly string[];
 }
 
 export interface GovernorStats {
@@ -130,6 +139,9 @@ export class Governor extends EventEmitter {
   private readonly attaching = new Set<string>();
   /** Entries of VMs the governor could not restore (kept in the state file). */
   private orphans: StateEntry[] = [];
+  /** A previous governor's entries handed over by the reconcile, by monitor path, until attached. */
+  private readonly adoptable = new Map<string, StateEntry>();
+  private readonly adopt: readonly string[] | undefined;
   /** drop()s in progress (stop() waits for them before its last state save). */
   private readonly drops = new Set<Promise<void>>();
   private stateDirty = false;
@@ -152,6 +164,8 @@ export class Governor extends EventEmitter {
     if (!Number.isInteger(this.queryTimeoutMs) || this.queryTimeoutMs < 1 || this.queryTimeoutMs > 60_000) throw new RangeError(`queryTimeoutMs: must be an integer from 1 to 60000 (got ${String(options.queryTimeoutMs)})`);
     this.core = new GovernorCore({ ...options, policy, intervalMs: this.intervalMs, slaBytesPerSec: options.slaBytesPerSec ?? 10_000 });
     this.state = options.stateFile !== undefined ? new StateFile(options.stateFile) : undefined;
+    if (options.adopt !== undefined && (!Array.isArray(options.adopt) || options.adopt.some((p) => typeof p !== 'string' || p === ''))) throw new TypeError('adopt: must be an array of monitor socket paths');
+    this.adopt = options.adopt;
     this.decisions = new DecisionLog({ ringSize: options.decisionRingSize, path: options.decisionLog });
   }
 
@@ -162,7 +176,11 @@ export class Governor extends EventEmitter {
   static async start(options: GovernorOptions): Promise<Governor> {
     const g = new Governor(options);
     try {
-      if (g.state) g.reconcileReport = await reconcile(g.state.path);
+      if (g.state) g.reconcileReport = await reconcile(g.state.path, g.adopt ? { adopt: new Set(g.adopt) } : {});
+      for (const e of g.reconcileReport?.adopted ?? []) {
+        g.adoptable.set(e.monitorPath, e);
+        g.orphans.push(e);
+      }
     } catch (err) {
       await g.decisions.close();
       throw err;
@@ -214,17 +232,32 @@ export class Governor extends EventEmitter {
       const qomPath = m.deviceQomPath ?? pickDevice(blocks, m.overlayNode);
       const dev = blocks.find((b) => b.qdev === qomPath);
       if (!dev?.inserted) throw new RangeError(`deviceQomPath: no device '${qomPath}' with a medium in query-block`);
-      const originalLimits = readLimits(dev.inserted);
-      const originalMaxBw = params['max-bandwidth'] ?? QEMU_DEFAULTS.maxBandwidthBytesPerSec;
+      const currentLimits = readLimits(dev.inserted);
+      const currentMaxBw = params['max-bandwidth'] ?? QEMU_DEFAULTS.maxBandwidthBytesPerSec;
+      // A previous governor's record of this VM (adopt): its originals are the true ones, and what
+      // is in force now is its last setting, unless someone else changed the limits since.
+      const prev = this.adoptable.get(m.monitorPath);
+      const samePrev = prev !== undefined && prev.deviceQomPath === qomPath;
+      const adopted = samePrev && looksGoverned(prev.originalLimits, currentLimits);
+      const originalLimits = adopted ? prev.originalLimits : currentLimits;
+      const originalMaxBw = adopted ? prev.originalMaxBandwidthBytesPerSec : currentMaxBw;
       const entry: StateEntry = {
         id: m.id,
         monitorPath: m.monitorPath,
         deviceQomPath: qomPath,
         originalLimits,
         originalMaxBandwidthBytesPerSec: originalMaxBw,
-        applied: { limits: null, maxBandwidthBytesPerSec: null },
+        applied: {
+          limits: sameLimits(currentLimits, originalLimits) ? null : currentLimits,
+          maxBandwidthBytesPerSec: currentMaxBw === originalMaxBw ? null : currentMaxBw,
+        },
       };
       if (this.stopping) throw new Error('governor: stopped');
+      // Same device: this entry replaces the previous one (adopted, or left alone as reconcile would a modified one).
+      if (samePrev) {
+        this.adoptable.delete(m.monitorPath);
+        this.orphans = this.orphans.filter((e) => e !== prev);
+      }
       const onDisconnect = (): void => this.dropLater(m.id, 'QMP connection closed');
       this.vms.set(m.id, { m, qomPath, entry, onDisconnect, chain: Promise.resolve() });
       m.qmp.on('disconnect', onDisconnect);
@@ -238,6 +271,7 @@ export class Governor extends EventEmitter {
           ...(m.ramDirty ? { ramDirty: m.ramDirty } : {}),
         },
         performance.now(),
+        adopted ? { limits: currentLimits, maxBandwidthBytesPerSec: currentMaxBw } : undefined,
       );
       // The originals are on disk before the loop can change anything on this VM.
       try {
@@ -246,6 +280,10 @@ export class Governor extends EventEmitter {
         m.qmp.off('disconnect', onDisconnect);
         this.vms.delete(m.id);
         this.core.remove(m.id);
+        if (samePrev) {
+          this.adoptable.set(m.monitorPath, prev);
+          this.orphans.push(prev);
+        }
         throw err;
       }
     } finally {
@@ -289,6 +327,15 @@ export class Governor extends EventEmitter {
       if (this.vms.has(id) && (await this.release(id, 'governor stopped'))) report.restored.push(id);
       else report.failed.push({ id, error: errors.find((e) => e.id === id)?.message ?? 'not restored' });
     }
+    // Entries handed over for adoption whose VM was never attached: restored through a fresh connection.
+    for (const e of [...this.adoptable.values()]) {
+      const outcome = await this.restoreAfterDisconnect(e);
+      if (outcome === true) {
+        this.orphans = this.orphans.filter((o) => o !== e);
+        report.restored.push(e.id);
+      } else report.failed.push({ id: e.id, error: outcome });
+    }
+    this.adoptable.clear();
     await this.saveState();
     await this.decisions.close();
     return report;

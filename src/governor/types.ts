@@ -117,4 +117,6 @@ export interface VmInputRecord {
   overlayBytes: number;
   /** Cumulative bytes this migration moved (base + mirror + RAM). */
   movedBytes: number;
+  /** Share of written bytes that grew the overlay (with CoreOptions.overlayGrowth). */
+  growthFraction?: number;
 }

@@ -19,6 +19,25 @@
  * - prediction: when a migration's base phase starts, src/model's remainingTime (base, mirror and
  *   pre-copy via predictPrecopy) with the measured link shared K ways and the guest's stated write
  *   rates predicts its total time; the error is |predicted − actual| / actual.
+ * - write share (the target "guest write throughput kept ≥ 80 % of what the link share allows"):
+ *   per migration, `writeBytesPerSec` is what the guest's disk workload itself completed (its
+ *   `totalWrites` counter read over the guest channel just before the migrations start and again
+ *   the moment this migration's run() resolves, on the QEMU the guest then runs on) × block size
+ *   ÷ host time between the two reads; `linkShareBytesPerSec` is the mean over the migration of
+ *   U / N(t), U the link's measured TCP goodput and N(t) the migrations in flight at t (from the
+ *   migrations' own start and end times); `demandBytesPerSec` is the workload's configured rate;
+ *   `writeShareRatio` = write / min(demand, linkShare), and the run's `writeShareRatioMin` is the
+ *   least over its migrations (null when a guest's counters could not be read, e.g. paused).
+ *   A guest cannot sustainably write faster than its share of the link drains it, hence the
+ *   link share as the ceiling. But LXD's overlay is never shrunk during a migration (the mirror
+ *   copies it, the file keeps every cluster until the switchover), so where Ω is the binding
+ *   limit the guests cannot write more than Ω holds: `omegaBoundBytesPerSec` = Ω_gov / Σ_j T_j is
+ *   the equal rate at which K guests writing only new clusters would just fill the governor's Ω
+ *   by the end of their migrations, and `writeAllowedRatio` = write / min(demand, linkShare,
+ *   omegaBound) (`writeAllowedRatioMin` per run) says how much of what Ω and the link allowed the
+ *   governor let through, `fleetWriteAllowedRatio` the same for the K guests together. It can
+ *   exceed 1: overlays of migrations that end early free Ω for the others, and rewrites of
+ *   allocated clusters do not grow an overlay.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -79,6 +98,13 @@ export interface ConcurrentOptions {
   governorReserveBytes?: number;
   /** Governor period, ms (20..1000; default 100). */
   governorIntervalMs?: number;
+  /** Keep the governed run's decision log (JSON lines, 0600) at this path (default: a temporary file, removed). */
+  decisionLog?: string;
+  /**
+   * The governor plans with overlay growth, not bytes written (CoreOptions.overlayGrowth; default
+   * true here): guests rewriting their region were otherwise held at γ_SLA with Ω a third free.
+   */
+  governorOverlayGrowth?: boolean;
   guest?: GuestImage;
   /** Progress notes (one line each, for humans). */
   onNote?(line: string): void;
@@ -116,6 +142,21 @@ export interface ConcurrentMigrationReport {
   predictedMs: number | null;
   /** |predicted − actual| / actual × 100 (completed migrations only). */
   predictionErrorPct: number | null;
+  /** Guest disk writes completed during the migration (the workload's own counter), bytes/s; null if unreadable. */
+  writeBytesPerSec: number | null;
+  /** Mean of U / N(t) over this migration, bytes/s (U: measured link goodput; N(t): migrations in flight). */
+  linkShareBytesPerSec: number;
+  /** The workload's configured write rate, bytes/s. */
+  demandBytesPerSec: number;
+  /** writeBytesPerSec / min(demand, linkShare); null if the write rate is unknown. */
+  writeShareRatio: number | null;
+  /**
+   * The equal write rate at which the run's K overlays (every write a new cluster, nothing freed
+   * before its migration ends) would just fill the governor's Ω: Ω_gov / Σ_j T_j, bytes/s.
+   */
+  omegaBoundBytesPerSec: number;
+  /** writeBytesPerSec / min(demand, linkShare, omegaBound): the share of what Ω AND the link allowed. */
+  writeAllowedRatio: number | null;
 }
 
 export interface ConcurrentRunReport {
@@ -137,6 +178,16 @@ export interface ConcurrentRunReport {
   zeroPageFraction: number | null;
   /** The first migration's start to the last one's end, ms. */
   wallMs: number;
+  /** Least writeShareRatio over the migrations (null if any is unknown). */
+  writeShareRatioMin: number | null;
+  /** Least writeAllowedRatio over the migrations (null if any is unknown). */
+  writeAllowedRatioMin: number | null;
+  /**
+   * The fleet's: Σ write / Σ min(demand, linkShare, omegaBound) (null if any write is unknown).
+   * A policy may split Ω unequally (fitted ranks migrations by when they end), so the least
+   * per-VM ratio says how fair it was, this one how much of Ω it let the guests use.
+   */
+  fleetWriteAllowedRatio: number | null;
   migrations: ConcurrentMigrationReport[];
   /** Governed run: every 10th tick, what the governor saw per VM (overlay KiB, write rate and limit, bytes/s). */
   timeline?: Array<{ tMs: number; vms: Array<{ id: string; phase: string; overlayKib: number; writeBps: number; limitBps: number }> }>;
@@ -160,7 +211,11 @@ export interface ConcurrentReport {
   pausedGuests: number | null;
   dataVerified: boolean | null;
   predictionP90ErrorPct: number | null;
-  baseline: Pick<ConcurrentRunReport, 'completed' | 'overflow' | 'pausedGuests'> | null;
+  /** The governed run's least write share ratio (see the module comment). */
+  writeShareRatioMin: number | null;
+  /** The governed run's least write allowed ratio (Ω taken into account; see the module comment). */
+  writeAllowedRatioMin: number | null;
+  baseline: Pick<ConcurrentRunReport, 'completed' | 'overflow' | 'pausedGuests' | 'writeShareRatioMin'> | null;
   runs: { baseline?: ConcurrentRunReport; governed?: ConcurrentRunReport };
 }
 
@@ -198,6 +253,35 @@ export function quantile(values: readonly number[], p: number): number | null {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
 }
 
+/**
+ * Mean over interval `i` of U / N(t), bytes/s, where N(t) is how many of `intervals` (start, end
+ * in ms, end > start) contain t — the link share of migration i averaged over its life when U is
+ * split evenly among the migrations in flight. Intervals are half-open [start, end).
+ */
+export function meanLinkShare(intervals: ReadonlyArray<{ startMs: number; endMs: number }>, i: number, linkBytesPerSec: number): number {
+  const me = intervals[i];
+  if (!me || !(me.endMs > me.startMs)) throw new RangeError(`intervals[${i}]: must exist with endMs > startMs`);
+  if (!(linkBytesPerSec >= 0) || !Number.isFinite(linkBytesPerSec)) throw new RangeError(`linkBytesPerSec: must be a finite number ≥ 0 (got ${linkBytesPerSec})`);
+  const cuts = new Set<number>([me.startMs, me.endMs]);
+  for (const o of intervals) for (const t of [o.startMs, o.endMs]) if (t > me.startMs && t < me.endMs) cuts.add(t);
+  const ts = [...cuts].sort((a, b) => a - b);
+  let sum = 0;
+  for (let k = 0; k + 1 < ts.length; k++) {
+    const a = ts[k]!;
+    const b = ts[k + 1]!;
+    const n = intervals.filter((o) => o.startMs <= a && o.endMs > a).length;
+    sum += ((b - a) * linkBytesPerSec) / n;
+  }
+  return sum / (me.endMs - me.startMs);
+}
+
+/** write / min(demand, linkShare): how much of what it was allowed the guest wrote (null when write is unknown). */
+export function writeShareRatio(writeBytesPerSec: number | null, demandBytesPerSec: number, linkShareBytesPerSec: number): number | null {
+  if (writeBytesPerSec === null) return null;
+  const allowed = Math.min(demandBytesPerSec, linkShareBytesPerSec);
+  return allowed > 0 ? writeBytesPerSec / allowed : null;
+}
+
 interface Settings {
   k: number;
   guest: GuestImage;
@@ -216,6 +300,8 @@ interface Settings {
   governorOmegaBytes: number;
   /** Zero-page share of guest RAM for the prediction (from the baseline's first passes, else 0). */
   zeroPageFraction: number;
+  decisionLog?: string;
+  overlayGrowth: boolean;
   note(line: string): void;
   signal?: AbortSignal;
 }
@@ -230,6 +316,12 @@ interface Slot {
   enospc: number;
   last?: MigrationProgress;
   predictedMs: number | null;
+  /** Workload writes completed (guest counter) and host time when the migrations started, and at this one's end. */
+  writesAtStart?: { writes: number; tMs: number };
+  writesAtEnd?: { writes: number; tMs: number };
+  /** Host times this migration ran, ms. */
+  startMs?: number;
+  endMs?: number;
 }
 
 /** Ω's free space, polled: the least seen. */
@@ -320,7 +412,8 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
         intervalMs: s.governorIntervalMs,
         linkHintBytesPerSec: s.linkBytesPerSec,
         stateFile: join(govDir, 'state.json'),
-        decisionLog: join(govDir, 'decisions.jsonl'),
+        decisionLog: s.decisionLog ?? join(govDir, 'decisions.jsonl'),
+        overlayGrowth: s.overlayGrowth,
       });
       gov.on('warning', (w) => s.note(`governor warning${w.id ? ` (${w.id})` : ''}: ${w.stage}: ${w.message}`));
     }
@@ -386,7 +479,28 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     s.note(`${tag}: ${s.k} migrations start`);
     const abortAll = (): void => migrations.forEach((m) => void m.abort(`interrupted`));
     s.signal?.addEventListener('abort', abortAll, { once: true });
-    const results = await Promise.all(migrations.map((m) => m.run()));
+    // The guests' own write counters now, and again the moment each migration ends (on the QEMU
+    // the guest then runs on): the write throughput achieved during that migration.
+    await Promise.all(
+      slots.map(async (sl) => {
+        const t = performance.now();
+        const st = await sl.source.status().catch(() => undefined);
+        if (st) sl.writesAtStart = { writes: st.disk.totalWrites, tMs: (t + performance.now()) / 2 };
+      }),
+    );
+    const results = await Promise.all(
+      migrations.map(async (m, j) => {
+        const sl = slots[j]!;
+        sl.startMs = performance.now();
+        const r = await m.run();
+        sl.endMs = performance.now();
+        const channel = r.phase === 'completed' ? sl.target!.channel : sl.source.channel;
+        const t = performance.now();
+        const st = await channel.request<{ disk: DiskSummary }>('status', {}, { timeoutMs: 5000 }).catch(() => undefined);
+        if (st) sl.writesAtEnd = { writes: st.disk.totalWrites, tMs: (t + performance.now()) / 2 };
+        return r;
+      }),
+    );
     s.signal?.removeEventListener('abort', abortAll);
     const wallMs = performance.now() - t0;
     const omegaMinFreeBytes = await watch.stop();
@@ -399,9 +513,16 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     }
     s.note(`${tag}: migrations ended (${results.map((r) => r.phase).join(', ')}) in ${(wallMs / 1000).toFixed(1)} s; verifying`);
 
+    const intervals = slots.map((sl) => ({ startMs: sl.startMs!, endMs: Math.max(sl.endMs!, sl.startMs! + 1) }));
+    const demandBytesPerSec = s.writesPerSec * s.blockBytes;
+    const omegaBoundBytesPerSec = (s.governorOmegaBytes * 1000) / intervals.reduce((a, iv) => a + (iv.endMs - iv.startMs), 0);
     const reports = await Promise.all(
       results.map(async (r, j): Promise<ConcurrentMigrationReport> => {
         const sl = slots[j]!;
+        const a = sl.writesAtStart;
+        const b = sl.writesAtEnd;
+        const writeBytesPerSec = a && b && b.tMs > a.tMs ? ((b.writes - a.writes) * s.blockBytes * 1000) / (b.tMs - a.tMs) : null;
+        const linkShareBytesPerSec = meanLinkShare(intervals, j, s.linkBytesPerSec);
         const onTarget = r.phase === 'completed';
         const where = onTarget ? sl.target! : sl.source;
         let verified = false;
@@ -436,6 +557,12 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
           ...(verifyError !== undefined ? { verifyError } : {}),
           predictedMs: sl.predictedMs,
           predictionErrorPct,
+          writeBytesPerSec,
+          linkShareBytesPerSec,
+          demandBytesPerSec,
+          writeShareRatio: writeShareRatio(writeBytesPerSec, demandBytesPerSec, linkShareBytesPerSec),
+          omegaBoundBytesPerSec,
+          writeAllowedRatio: writeShareRatio(writeBytesPerSec, demandBytesPerSec, Math.min(linkShareBytesPerSec, omegaBoundBytesPerSec)),
         };
       }),
     );
@@ -456,6 +583,11 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
       predictionP90ErrorPct: quantile(errs, 0.9),
       zeroPageFraction: zeroShares.length ? zeroShares.reduce((a, b) => a + b, 0) / zeroShares.length : null,
       wallMs,
+      writeShareRatioMin: reports.some((r) => r.writeShareRatio === null) ? null : Math.min(...reports.map((r) => r.writeShareRatio!)),
+      writeAllowedRatioMin: reports.some((r) => r.writeAllowedRatio === null) ? null : Math.min(...reports.map((r) => r.writeAllowedRatio!)),
+      fleetWriteAllowedRatio: reports.some((r) => r.writeBytesPerSec === null)
+        ? null
+        : reports.reduce((a, r) => a + r.writeBytesPerSec!, 0) / reports.reduce((a, r) => a + Math.min(r.demandBytesPerSec, r.linkShareBytesPerSec, r.omegaBoundBytesPerSec), 0),
       migrations: reports,
       ...(govStats ? { governor: govStats, timeline } : {}),
     };
@@ -500,6 +632,8 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       governorIntervalMs: o.governorIntervalMs ?? 100,
       governorOmegaBytes: o.omegaMib * MiB - Math.min(o.omegaMib * MiB - 1, o.governorReserveBytes ?? o.vms * 256 * 1024),
       zeroPageFraction: 0,
+      ...(o.decisionLog !== undefined ? { decisionLog: o.decisionLog } : {}),
+      overlayGrowth: o.governorOverlayGrowth ?? true,
       note,
       ...(o.signal ? { signal: o.signal } : {}),
     };
@@ -528,7 +662,9 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       pausedGuests: g?.pausedGuests ?? null,
       dataVerified: g?.dataVerified ?? null,
       predictionP90ErrorPct: g?.predictionP90ErrorPct ?? null,
-      baseline: out.baseline ? { completed: out.baseline.completed, overflow: out.baseline.overflow, pausedGuests: out.baseline.pausedGuests } : null,
+      writeShareRatioMin: g?.writeShareRatioMin ?? null,
+      writeAllowedRatioMin: g?.writeAllowedRatioMin ?? null,
+      baseline: out.baseline ? { completed: out.baseline.completed, overflow: out.baseline.overflow, pausedGuests: out.baseline.pausedGuests, writeShareRatioMin: out.baseline.writeShareRatioMin } : null,
       runs: out,
     };
   } finally {
