@@ -25,6 +25,7 @@ const COMMANDS: Record<string, string> = {
   migrate: 'migrate',
   'lab migrate-concurrent': 'lab-migrate-concurrent',
   'lab predict-check': 'lab-predict-check',
+  'lab sim-check': 'lab-sim-check',
 };
 
 /** Every command's words, e.g. 'bench bitmap' (for help and tests). */

@@ -21,7 +21,7 @@
  * writes, no RAM dirtying) until it completes, still holding its overlay and its link share.
  */
 import { DirtyCurve, uniformHotSetCurve } from '../model/dirty-curve';
-import { PAGE_HEADER_BYTES, QEMU_DEFAULTS, THROTTLE_PERIOD_SEC } from '../model/precopy';
+import { PAGE_HEADER_BYTES, QEMU_DEFAULTS, THROTTLE_PERIOD_SEC, ZERO_PAGE_WIRE_BYTES } from '../model/precopy';
 import { fairShareOfFirst } from '../policy/link-share';
 import type { MigrationPhase, MigrationView } from '../policy/types';
 import { PAGE_BYTES } from '../policy/types';
@@ -30,6 +30,43 @@ import { RateTrack, type ScenarioVm } from './scenario';
 export type SimPhase = 'waiting' | MigrationPhase | 'done';
 
 const PAGE_WIRE_BYTES = PAGE_BYTES + PAGE_HEADER_BYTES;
+
+/**
+ * Optional refinements of one migration's model, all off by default (a scenario file cannot set
+ * them: they describe a particular host; `dpa lab sim-check` feeds its measured zero-page shares and its lab constants).
+ * Fixed costs are times in which the migration moves nothing over the link: QMP round trips, job
+ * and NBD set-up, the polling that notices a phase's end, the target's start. On a 10 Gbit/s link
+ * with GiB disks they are noise; on a lab link with 16 MiB disks they are several percent.
+ */
+export interface SimMigrationModel {
+  /** Share of guest RAM in zero pages when pre-copy starts, 0..1: the first pass sends them as ZERO_PAGE_WIRE_BYTES each (default 0). */
+  zeroPageFraction?: number;
+  /** Before the base copy (capabilities, overlay creation, blockdev-snapshot), s ≥ 0 (default 0). */
+  setupSec?: number;
+  /** Start of the mirror (NBD export, blockdev-add, job start, noticing `ready`), s ≥ 0; guest writes go to the backlog meanwhile (default 0). */
+  mirrorSetupSec?: number;
+  /** Start of RAM pre-copy (migrate-incoming, migrate, QEMU's setup), s ≥ 0; guest writes stay synchronous (default 0). */
+  ramSetupSec?: number;
+  /** Switchover beyond the bytes (noticing pre-switchover, mirror cancel, migrate-continue, target start), s ≥ 0; guest paused (default 0). */
+  switchoverSec?: number;
+  /**
+   * TCP convergence, s ≥ 0 (default 0: a new stream gets its fair share at once). Each of base,
+   * mirror and RAM opens a new TCP connection; against streams already filling a deep queue (tbf)
+   * it takes a while to win its share: its link weight grows linearly from 0 to 1 over this time
+   * after the phase's set-up. Alone on the link it still takes all (water filling).
+   */
+  streamRampSec?: number;
+}
+
+/** Throws a RangeError naming the first bad field of a SimMigrationModel (`where` prefixes it). */
+export function checkSimMigrationModel(m: SimMigrationModel, where = 'model'): void {
+  if (typeof m !== 'object' || m === null) throw new TypeError(`${where}: must be an object`);
+  for (const [k, v] of Object.entries(m)) {
+    const max = k === 'zeroPageFraction' ? 1 : k.endsWith('Sec') ? 3600 : NaN;
+    if (Number.isNaN(max)) throw new RangeError(`${where}.${k}: unknown field (allowed: zeroPageFraction, setupSec, mirrorSetupSec, ramSetupSec, switchoverSec, streamRampSec)`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > max) throw new RangeError(`${where}.${k}: must be a number from 0 to ${max} (got ${String(v)})`);
+  }
+}
 
 export class SimMigration {
   phase: SimPhase = 'waiting';
@@ -60,11 +97,23 @@ export class SimMigration {
   demandBytesPerSec = 0;
   readonly curve: DirtyCurve;
   private readonly writes: RateTrack;
+  /** Fixed cost left in the current phase, s (SimMigrationModel); nothing crosses the link meanwhile. */
+  private holdSec = 0;
+  /** First-pass pages not yet sent (they include the zero pages) and their mean wire cost, bytes. */
+  private firstPassPages = 0;
+  private readonly firstPassWireBytes: number;
+  /** When the current phase's stream began (its set-up over), s; for the TCP ramp. */
+  private streamStartSec = 0;
+  /** When each phase began, s from the scenario start. */
+  readonly phaseStartSec: Partial<Record<SimPhase, number>> = {};
 
   constructor(
     readonly vm: ScenarioVm,
     readonly mirrorOnly: boolean,
+    readonly model: SimMigrationModel = {},
   ) {
+    const z = model.zeroPageFraction ?? 0;
+    this.firstPassWireBytes = z * ZERO_PAGE_WIRE_BYTES + (1 - z) * PAGE_WIRE_BYTES;
     this.baseBytesLeft = vm.diskBytes;
     this.ramPages = Math.ceil(vm.ramBytes / PAGE_BYTES);
     this.ramPendingPages = this.ramPages;
@@ -98,10 +147,29 @@ export class SimMigration {
     this.startedSec = nowSec;
     this.periodStartSec = nowSec;
     if (this.mirrorOnly) {
-      this.phase = 'mirror';
+      this.enter('mirror', nowSec);
       this.mirrorBytesLeft = this.vm.diskBytes;
       this.baseBytesLeft = 0;
-    } else this.phase = 'base';
+    } else {
+      this.enter('base', nowSec);
+      this.holdSec = this.model.setupSec ?? 0;
+    }
+  }
+
+  private enter(phase: SimPhase, atSec: number): void {
+    this.phase = phase;
+    this.phaseStartSec[phase] = atSec;
+    this.streamStartSec = atSec;
+  }
+
+  /**
+   * Factor on this migration's link weight at `nowSec`, 0.02..1: 1 unless the model has a TCP
+   * ramp (SimMigrationModel.streamRampSec) and its current stream is younger than the ramp.
+   */
+  linkWeight(nowSec: number): number {
+    const ramp = this.model.streamRampSec ?? 0;
+    if (ramp <= 0 || this.phase === 'switchover') return 1;
+    return Math.min(1, Math.max(0.02, (nowSec - this.streamStartSec) / ramp));
   }
 
   /** Sets and returns the guest's write demand at world time `nowSec`, bytes/s. */
@@ -151,6 +219,7 @@ export class SimMigration {
    * synchronously (`syncWriteBytesPerSec`, only counted in `mirror` and `ram`).
    */
   linkDemand(dtSec: number, syncWriteBytesPerSec: number): number {
+    if (this.holdSec > 0) return this.phase === 'ram' ? syncWriteBytesPerSec : 0;
     switch (this.phase) {
       case 'base':
         return this.baseBytesLeft / dtSec;
@@ -179,12 +248,14 @@ export class SimMigration {
    */
   transfer(nowSec: number, dtSec: number, linkBytesPerSec: number, throttleBytesPerSec: number | null): number {
     const want = this.guestWriting ? Math.min(this.issuableBytesPerSec, throttleBytesPerSec ?? Infinity) : 0;
+    if (this.holdSec > 0) return this.hold(nowSec, dtSec, linkBytesPerSec, want);
     switch (this.phase) {
       case 'base': {
         this.baseBytesLeft -= linkBytesPerSec * dtSec;
         if (this.baseBytesLeft <= 0) {
           this.baseBytesLeft = 0;
-          this.phase = 'mirror';
+          this.enter('mirror', nowSec + dtSec);
+          this.holdSec = this.model.mirrorSetupSec ?? 0;
           // The overlay as of now is the mirror's backlog; this tick's writes land after the
           // snapshot of the bitmap, i.e. they are mirrored synchronously from now on.
           this.mirrorBytesLeft = this.overlayBytes;
@@ -197,10 +268,12 @@ export class SimMigration {
         this.mirrorBytesLeft -= Math.min(backlogDemand, linkBytesPerSec - write) * dtSec;
         if (this.mirrorBytesLeft <= 1e-6) {
           this.mirrorBytesLeft = 0;
-          this.phase = 'ram';
+          this.enter('ram', nowSec + dtSec);
           this.runSecSinceSync = 0;
           this.periodStartSec = nowSec + dtSec;
           this.ramIterations = 1;
+          this.firstPassPages = this.ramPages;
+          this.holdSec = this.model.ramSetupSec ?? 0;
         }
         return write;
       }
@@ -215,7 +288,7 @@ export class SimMigration {
         this.switchoverBytesLeft -= linkBytesPerSec * dtSec;
         if (this.switchoverBytesLeft <= 1e-6) {
           this.switchoverBytesLeft = 0;
-          this.phase = 'done';
+          this.enter('done', nowSec + dtSec);
           this.endSec = nowSec + dtSec;
         }
         return 0;
@@ -225,11 +298,53 @@ export class SimMigration {
     }
   }
 
+  /** One tick inside a fixed cost: no link bytes of the phase's own; guest writes go where that phase sends them. */
+  private hold(nowSec: number, dtSec: number, linkBytesPerSec: number, want: number): number {
+    this.holdSec -= dtSec;
+    const over = this.holdSec <= 1e-9;
+    if (over) {
+      this.holdSec = 0;
+      this.streamStartSec = nowSec + dtSec;
+    }
+    switch (this.phase) {
+      case 'base':
+        return want;
+      case 'mirror':
+        // The job is not running yet: the writes are backlog it will copy.
+        this.mirrorBytesLeft += want * dtSec;
+        return want;
+      case 'ram': {
+        // QEMU syncs the bitmap when `migrate` has set up: dirtying before that is in the first pass.
+        if (over) {
+          this.runSecSinceSync = 0;
+          this.periodStartSec = nowSec + dtSec;
+        }
+        return Math.min(want, linkBytesPerSec);
+      }
+      case 'switchover':
+        if (over && this.switchoverBytesLeft <= 1e-6) {
+          this.switchoverBytesLeft = 0;
+          this.enter('done', nowSec + dtSec);
+          this.endSec = nowSec + dtSec;
+        }
+        return 0;
+      default:
+        return 0;
+    }
+  }
+
   private stepRam(endSec: number, dtSec: number, ramBytesPerSec: number): void {
     if (!this.failed) this.runSecSinceSync += dtSec * (1 - this.cpuThrottlePct / 100);
     const sentBytes = ramBytesPerSec * dtSec;
     this.periodXferBytes += sentBytes;
-    this.ramPendingPages = Math.max(0, this.ramPendingPages - sentBytes / PAGE_WIRE_BYTES);
+    if (this.firstPassWireBytes === PAGE_WIRE_BYTES) this.ramPendingPages = Math.max(0, this.ramPendingPages - sentBytes / PAGE_WIRE_BYTES);
+    else {
+      // QEMU's first pass walks all of RAM; zero pages cost a header and a byte, the rest a page.
+      const first = Math.min(this.firstPassPages, sentBytes / this.firstPassWireBytes);
+      this.firstPassPages -= first;
+      const rest = (sentBytes - first * this.firstPassWireBytes) / PAGE_WIRE_BYTES;
+      this.ramPendingPages = Math.max(0, this.ramPendingPages - first - rest);
+    }
     // QEMU computes the threshold from the bandwidth it measured; the rate of this tick is that.
     const thresholdBytes = ramBytesPerSec * (QEMU_DEFAULTS.downtimeLimitMs / 1000);
     if (this.ramPendingPages * PAGE_BYTES >= thresholdBytes || ramBytesPerSec <= 0) return;
@@ -252,11 +367,16 @@ export class SimMigration {
       this.periodXferBytes = 0;
     }
     if (this.ramPendingPages * PAGE_BYTES < thresholdBytes) {
-      this.phase = 'switchover';
-      this.switchoverBytesLeft = this.ramPendingPages * PAGE_WIRE_BYTES;
+      this.enter('switchover', endSec);
+      const firstLeft = Math.min(this.firstPassPages, this.ramPendingPages);
+      this.switchoverBytesLeft =
+        this.firstPassWireBytes === PAGE_WIRE_BYTES
+          ? this.ramPendingPages * PAGE_WIRE_BYTES
+          : firstLeft * this.firstPassWireBytes + (this.ramPendingPages - firstLeft) * PAGE_WIRE_BYTES;
       this.downtimeMs = (this.switchoverBytesLeft / ramBytesPerSec) * 1000;
-      if (this.switchoverBytesLeft <= 0) {
-        this.phase = 'done';
+      this.holdSec = this.model.switchoverSec ?? 0;
+      if (this.switchoverBytesLeft <= 0 && this.holdSec <= 0) {
+        this.enter('done', endSec);
         this.endSec = endSec;
       }
     } else this.ramIterations++;

@@ -17,7 +17,7 @@ import { waterFill } from '../policy/link-share';
 import type { Decision, MigrationDecision, Policy, WorldState } from '../policy/types';
 import { BandwidthEstimator } from '../model/bandwidth';
 import { QEMU_DEFAULTS } from '../model/precopy';
-import { SimMigration } from './migration';
+import { checkSimMigrationModel, SimMigration, type SimMigrationModel, type SimPhase } from './migration';
 import { RateTrack, type Scenario } from './scenario';
 
 /** Summary of one policy on one scenario (the `dpa simulate --json` result row). */
@@ -76,11 +76,20 @@ export interface SimOptions {
    * the ticks where they saturated the link (so it lags a change by ~2 s, as the governor will).
    */
   link?: 'exact' | 'measured';
+  /**
+   * Per VM id: refinements of its migration model (zero-page share, fixed costs; see
+   * SimMigrationModel). Absent: the plain model. `dpa lab sim-check` feeds what the lab measured.
+   */
+  migrationModel?: Readonly<Record<string, SimMigrationModel>>;
+  /** Also return when each VM entered each phase (SimOutput.phaseStartSec). */
+  phaseTimes?: boolean;
 }
 
 export interface SimOutput {
   result: SimResult;
   trace?: SimTrace;
+  /** Per VM id: when it entered each phase ('base', 'mirror', 'ram', 'switchover', 'done'), s from the scenario start (with `phaseTimes`). */
+  phaseStartSec?: Record<string, Partial<Record<SimPhase, number>>>;
 }
 
 /** Jain's fairness index of non-negative values: 1 when all equal (also when all are 0). */
@@ -100,7 +109,12 @@ export function simulate(scenario: Scenario, policy: Policy, options: SimOptions
   const dt = scenario.tickMs / 1000;
   const totalTicks = Math.ceil(scenario.maxSimSeconds / dt - 1e-9);
   const link = new RateTrack(scenario.link);
-  const all = scenario.vms.map((vm) => new SimMigration(vm, policy.mirrorOnly));
+  const models = options.migrationModel ?? {};
+  for (const [id, m] of Object.entries(models)) {
+    if (!scenario.vms.some((vm) => vm.id === id)) throw new RangeError(`migrationModel.${id}: no VM with this id in the scenario`);
+    checkSimMigrationModel(m, `migrationModel.${id}`);
+  }
+  const all = scenario.vms.map((vm) => new SimMigration(vm, policy.mirrorOnly, models[vm.id]));
   const waiting = [...all].sort((a, b) => a.vm.startSec - b.vm.startSec);
   let waitCursor = 0;
   let active: SimMigration[] = [];
@@ -189,7 +203,7 @@ export function simulate(scenario: Scenario, policy: Policy, options: SimOptions
       if (m.guestWriting && d.throttleBytesPerSec !== null && d.throttleBytesPerSec < minThrottle) minThrottle = d.throttleBytesPerSec;
       const syncWrite = m.guestWriting ? Math.min(m.issuableBytesPerSec, d.throttleBytesPerSec ?? Infinity) : 0;
       demands[i] = m.linkDemand(dt, syncWrite);
-      weights[i] = d.linkShareBytesPerSec;
+      weights[i] = d.linkShareBytesPerSec * m.linkWeight(now);
     }
     waterFill(u, demands.subarray(0, n), weights.subarray(0, n), alloc);
     if (estimator) {
@@ -310,5 +324,7 @@ export function simulate(scenario: Scenario, policy: Policy, options: SimOptions
     failures,
     ticks,
   };
-  return trace ? { result, trace } : { result };
+  const out: SimOutput = trace ? { result, trace } : { result };
+  if (options.phaseTimes) out.phaseStartSec = Object.fromEntries(all.map((m) => [m.id, { ...m.phaseStartSec }]));
+  return out;
 }
