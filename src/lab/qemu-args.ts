@@ -35,7 +35,11 @@ export function qemuOptValue(value: string): string {
 }
 
 /** Kernel parameters of every lab guest: serial console, quiet boot, no reboot loop on panic. */
-export const BASE_KERNEL_ARGS: readonly string[] = ['console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off'];
+/**
+ * `no_timer_check`: a TCG vCPU starved by a loaded host can miss the IO-APIC timer check at boot
+ * and the kernel panics ("IO-APIC + timer doesn't work!"; seen at load ~10 on 2 cores).
+ */
+export const BASE_KERNEL_ARGS: readonly string[] = ['console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'no_timer_check'];
 
 /**
  * QEMU before 9.0 loses vCPU writes while migrating under TCG: when a RAM block's length is a
