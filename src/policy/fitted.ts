@@ -28,8 +28,11 @@
  * for bytes that are never written loses them for good; so a solved λ ≥ 40 % is not applied at
  * all, λ ≤ 10 % as is, linear in between (throttle when it must, not before). Safety does not rest
  * on the projection: a brake caps the total write rate so that the next 3 s of writes (or until
- * each migration's projected end) fit in what is left of Ω less half the margin. A guest whose
- * demand is under its γ is not throttled (null).
+ * each migration's projected end) fit in what is left of Ω less the margin. A guest whose
+ * demand is under its γ is not throttled (null). The plan and the brake keep the same margin (1 %
+ * of Ω): the brake's reserve is the safety, and a plan that kept a further margin of its own
+ * (it used to keep 2 %, the brake 1 %) only left Ω unwritten at every end it planned for
+ * (docs/BENCHMARKS.md, "Targets on random scenarios").
  *
  * Π: Ω in proportion to each migration's projected final overlay, never below the data a bin holds
  * (plus two intervals of growth when that fits). Bins are re-fitted at every decision, so shards
@@ -55,7 +58,7 @@ import { projectTrajectory, type Trajectory } from './projection';
 import type { Decision, FittedMemo, MigrationDecision, MigrationView, Policy, WorldState } from './types';
 
 export interface FittedOptions {
-  /** Fraction of Ω kept free in the projection, 0..0.5 (default 0.02). */
+  /** Fraction of Ω kept free, by the plan and by the brake, 0..0.5 (default 0.01). */
   marginFraction?: number;
   /**
    * Deferral: a solved λ at or above `deferAbove` (0..1, default 0.4) is not applied at all, one
@@ -76,7 +79,7 @@ export interface FittedOptions {
   latePhaseWeight?: number;
   /**
    * Brake horizon, seconds (≥ 0, default 3; 0 = off): whatever the projection says, the guests
-   * together may not write more than the free part of Ω (less half the margin) within this time.
+   * together may not write more than the free part of Ω (less the margin) within this time.
    */
   brakeHorizonSec?: number;
   /** Longest time between full solves, seconds (> 0, default 15). */
@@ -491,7 +494,7 @@ function unchanged(world: WorldState, memo: FittedMemo): boolean {
 
 /** The `fitted` policy. */
 export function fittedPolicy(options: FittedOptions = {}): Policy {
-  const margin = options.marginFraction ?? 0.02;
+  const margin = options.marginFraction ?? 0.01;
   if (!(margin >= 0 && margin <= 0.5)) throw new RangeError(`marginFraction: must be from 0 to 0.5 (got ${String(margin)})`);
   const deferAbove = options.deferAbove ?? 0.4;
   const deferBelow = options.deferBelow ?? 0.1;
@@ -559,13 +562,13 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
       }
       if (floorSum > world.omegaBytes) floor = data;
       // Brake: the writes of the next `brakeHorizonSec` (or until each migration's projected end,
-      // if sooner) must fit in the free part of Ω less half the margin; scales every writer alike,
+      // if sooner) must fit in the free part of Ω less the margin; scales every writer alike,
       // never below γ_SLA.
       let braked = false;
       if (brakeHorizonSec > 0) {
         let total = 0;
         for (let i = 0; i < n; i++) total += rates[i]! * Math.max(world.intervalSec, Math.min(brakeHorizonSec, memo.endSec[i]! - (world.nowSec - memo.solvedAtSec)));
-        const free = world.omegaBytes * (1 - margin / 2) - used;
+        const free = world.omegaBytes * (1 - margin) - used;
         if (total > free) {
           const factor = Math.max(0, free) / total;
           for (let i = 0; i < n; i++) {

@@ -60,15 +60,17 @@ test('property: on random scenarios fitted never overflows Ω, fails no migratio
   );
 });
 
-// Not met literally on every random scenario: over `dpa simulate --random 3000 --seed 1000`, 6
-// scenarios (1 in 500) end with fitted keeping less of the guests' writes than paper although
-// paper fails no migration, by 0.09–2.48 points (worst: seed 1095, 50.00 % vs 52.48 %); over the
-// stress run (`--random 1000 --seed 1 --omega-min-mib 256 --omega-max-mib 8192`) 2, by ≤ 0.70
-// points. Causes (docs/BENCHMARKS.md): a guest's demand drops after fitted reserved Ω for it;
-// paper's equal bins happen to protect an early finisher; fitted's link priority for late phases
-// delays another migration's base copy. So this asserts the measured bound, not more: per scenario
-// at most PAPER_GAP below paper (where paper fails none), such scenarios at most 1 % of the runs,
-// and at least paper's write retention on the mean. The fast-check seed was fixed before the run.
+// Not met literally on every random scenario: over `dpa simulate --random 4000 --seed 1000`, 6
+// scenarios (1 in 667) end with fitted keeping less of the guests' writes than paper although
+// paper fails no migration, by 0.12–2.17 points (worst: seed 1095, 50.31 % vs 52.48 %); over the
+// stress run (`--random 1000 --seed 1 --omega-min-mib 256 --omega-max-mib 8192`) 2, by 0.19 and
+// 0.56 points. In 5 of those 8 fitted lets the guests write more bytes or lose fewer, and in 2 it
+// keeps at least paper's share for every single guest: writeRetained is Σ allowed ÷ Σ wanted over
+// each migration's lifetime, and fitted finishes migrations sooner, dropping fully kept bytes from
+// the denominator (the test below pins those two). docs/BENCHMARKS.md has the breakdown and what
+// was tried. So this asserts the measured bound, not more: per scenario at most PAPER_GAP below
+// paper (where paper fails none), such scenarios at most 1 % of the runs, and at least paper's
+// write retention on the mean. The fast-check seed was fixed before the run.
 const PAPER_GAP = 0.025;
 
 test('property: on random scenarios fitted keeps paper’s write retention: ≥ paper on the mean, ≤ 2.5 points below on any one, rarely below', () => {
@@ -94,4 +96,26 @@ test('property: on random scenarios fitted keeps paper’s write retention: ≥ 
   assert.equal(runs, 400);
   assert.ok(below <= runs / 100, `${below} of ${runs} scenarios below paper`);
   assert.ok(fittedSum >= paperSum, `mean write retained: fitted ${fittedSum / runs} < paper ${paperSum / runs}`);
+});
+
+test('where fitted’s aggregate is below paper’s it can still be at least as good for every guest (seeds 701 stress, 3735)', () => {
+  // The aggregate ratio is not monotone in the per-guest ones: finishing a fully served migration
+  // sooner removes its bytes from both sides of Σ allowed ÷ Σ wanted and lowers the ratio.
+  const GiB = 2 ** 30;
+  for (const scenario of [randomScenario(701, { omegaMinBytes: GiB / 4, omegaMaxBytes: 8 * GiB }), randomScenario(3735)]) {
+    const [paper, fitted] = simulateAll(scenario, ['paper', 'fitted']).map((o) => o.result);
+    assert.equal(paper!.failedMigrations, 0, scenario.name);
+    assert.equal(fitted!.failedMigrations, 0, scenario.name);
+    let sooner = 0;
+    for (const [id, r] of Object.entries(paper!.writeRetainedByVm)) {
+      const f = fitted!.writeRetainedByVm[id]!;
+      assert.ok(f >= r - 1e-9, `${scenario.name} ${id}: fitted ${f} < paper ${r}`);
+      // The guests fitted serves in full end no later than under paper (their bytes leave the ratio).
+      if (f === 1) {
+        assert.ok(fitted!.completionSec[id]! <= paper!.completionSec[id]! + 1e-9, `${scenario.name} ${id}: fitted finishes later`);
+        if (fitted!.completionSec[id]! < paper!.completionSec[id]! - 1) sooner++;
+      }
+    }
+    assert.ok(sooner > 0, `${scenario.name}: some fully served migration ends sooner under fitted`);
+  }
 });
