@@ -1,12 +1,12 @@
 // Per-guest dirty-page analysis, one fused pass per interval (no Node headers, no syscalls
 // except an madvise(MADV_HUGEPAGE) hint on the stamp array).
 //
-// Push(bitmap) streams the interval's bitmap once, in steps of 256 words: zero words are
-// skipped (8 at a time with AVX2); every nonzero word found is queued, its state lines are
-// prefetched into L2, and the queue is processed 24 nonzero words behind the scan, when those
-// lines have arrived. Each word updates, in one step: the dirty and region counts, the
-// newly-dirty count, the dirty curve, and the heat ring (the word is appended to the
-// interval's list). The only per-page state is a 16-bit stamp (below), so a nonzero word
+// Push(bitmap) streams the interval's bitmap once, in steps of 256 words, each step
+// prefetching the bitmap two steps ahead into L2: zero words are skipped (8 at a time with
+// AVX2); every nonzero word found is queued, its state lines are prefetched into L2, and the
+// queue is processed 48 nonzero words behind the scan, when those lines have arrived. Each word
+// updates, in one step: the dirty and region counts, the newly-dirty count, the dirty curve,
+// and the heat ring (the word is appended to the interval's list). The only per-page state is a 16-bit stamp (below), so a nonzero word
 // touches exactly its 128 bytes of stamps (2 cache lines) plus a sequential 12-byte ring entry;
 // nothing is touched for zero words or for the interval leaving the heat window. The pass is
 // bound by these scattered line accesses and the bitmap stream, not by arithmetic.

@@ -7,8 +7,9 @@
  *   intervals so the heat ring is full and drops an interval per push. Median over --iterations intervals.
  * - bytes: the data bytes the push reads and writes, from the native accounting (PushTraffic
  *   in native/bitmap/analyzer.h): the whole bitmap read, then per nonzero 64-page word 128 B of
- *   stamps and its 8 B window word read and written plus a 12 B ring entry, 4 B per region
- *   written, the stamp sweep (128 B per swept word read and written).
+ *   stamps read and written plus a 12 B ring entry written, 4 B per region written, the stamp
+ *   sweep (128 B per swept word read and written). Prefetches are not counted: they bring in
+ *   the same lines the push then reads.
  * - threads: a push runs on 2 threads from 16 GiB guests (--threads overrides); the memBound
  *   loop then streams on as many threads (a persistent worker, like the push's), so the ratio
  *   compares like with like. The TS reference is single-threaded (JavaScript).
