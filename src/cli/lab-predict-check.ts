@@ -7,7 +7,7 @@
  * Output: notes on stderr while it runs; `--json` prints one JSON document (the report), else a
  * table. Exit status 0 when every migration completed with a finite prediction; 1 otherwise.
  */
-import { runPredictCheck } from '../migrate/predict-check';
+import { DEFAULT_MIRROR_FIXED_MS, DEFAULT_SWITCHOVER_FIXED_MS, runPredictCheck } from '../migrate/predict-check';
 import { jsonOption } from './args';
 import { defineCommand } from './command';
 
@@ -29,7 +29,7 @@ const fmt = (v: number | null, d = 1): string => (v === null ? 'n/a' : Number.is
 export const command = defineCommand({
   words: ['lab', 'predict-check'],
   summary: 'predicted vs actual total time of single lab migrations over dirty rates × link speeds (root, QEMU)',
-  usage: '[--rates 500,4000,12000] [--links 100,200] [--json]',
+  usage: '[--rates 500,4000,12000] [--links 100,200] [--mirror-fixed-ms M] [--switchover-fixed-ms S] [--json]',
   options: {
     rates: { type: 'string', default: '500,4000,12000', description: 'guest page writes per second, comma-separated (each 0..100000, up to 12)' },
     links: { type: 'string', default: '100,200', description: 'link rates in Mbit/s, comma-separated (each 10..10000, up to 6)' },
@@ -38,6 +38,8 @@ export const command = defineCommand({
     memMib: { type: 'int', min: 1, max: 64, default: 16, description: 'guest memory workload buffer (hot set)', unit: 'MiB' },
     diskWriteRate: { type: 'number', min: 0, max: 10_000, default: 50, description: 'guest 4 KiB disk writes per second', unit: 'writes/s' },
     timeoutS: { type: 'int', min: 10, max: 3600, default: 120, description: 'per-migration limit (then it rolls back)', unit: 's' },
+    mirrorFixedMs: { type: 'int', min: 0, max: 10_000, default: DEFAULT_MIRROR_FIXED_MS, description: 'modelled fixed cost of starting the mirror, beyond its backlog', unit: 'ms' },
+    switchoverFixedMs: { type: 'int', min: 0, max: 10_000, default: DEFAULT_SWITCHOVER_FIXED_MS, description: 'modelled fixed cost of the steps around the stop-and-copy', unit: 'ms' },
     ...jsonOption,
   },
   async run(options, _positionals, io) {
@@ -58,6 +60,8 @@ export const command = defineCommand({
       memMib: options.memMib,
       diskWriteBlocksPerSec: options.diskWriteRate,
       migrationTimeoutS: options.timeoutS,
+      mirrorFixedMs: options.mirrorFixedMs,
+      switchoverFixedMs: options.switchoverFixedMs,
       onNote: (l) => io.err(l + '\n'),
     });
     const ok = r.migrations.every((m) => m.phase === 'completed' && m.errorPct !== null);
@@ -65,11 +69,13 @@ export const command = defineCommand({
       io.out(JSON.stringify(r, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
       return ok ? 0 : 1;
     }
-    io.out('pages/s  Mbit/s  zero%  predicted s  actual s  error %\n');
+    io.out('pages/s  Mbit/s  zero%  busy%  predicted s  actual s  error %  passes model/QEMU  throttle model/QEMU\n');
     for (const m of r.migrations) {
       io.out(
-        `${String(m.dirtyPagesPerSec).padStart(7)}  ${String(m.linkMbit).padStart(6)}  ${(m.zeroPageFraction * 100).toFixed(1).padStart(5)}  ` +
-          `${fmt(m.predictedSec).padStart(11)}  ${m.actualSec.toFixed(1).padStart(8)}  ${fmt(m.signedErrorPct).padStart(7)}${m.phase === 'completed' ? '' : `  (${m.phase})`}\n`,
+        `${String(m.dirtyPagesPerSec).padStart(7)}  ${String(m.linkMbit).padStart(6)}  ${(m.zeroPageFraction * 100).toFixed(1).padStart(5)}  ${(m.vcpuBusyFraction * 100).toFixed(1).padStart(5)}  ` +
+          `${fmt(m.predictedSec).padStart(11)}  ${m.actualSec.toFixed(1).padStart(8)}  ${fmt(m.signedErrorPct).padStart(7)}  ` +
+          `${`${m.predictedRam?.iterations ?? 'n/a'}/${m.actualRam?.iterations ?? 'n/a'}`.padStart(17)}  ${`${m.predictedRam?.finalThrottlePct ?? 'n/a'}/${m.actualMaxThrottlePct}`.padStart(18)}` +
+          `${m.phase === 'completed' ? '' : `  (${m.phase})`}\n`,
       );
     }
     io.out(`p50 |error| ${fmt(r.p50ErrorPct)} %, p90 |error| ${fmt(r.p90ErrorPct)} % over ${r.completed} completed migrations (${r.wallSec.toFixed(0)} s)\n`);

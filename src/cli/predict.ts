@@ -23,6 +23,9 @@ const options = {
   cpuThrottleIncrement: { type: 'int', min: 1, max: 99, default: QEMU_DEFAULTS.cpuThrottleIncrementPct, description: 'cpu-throttle-increment', unit: '%' },
   throttleTriggerThreshold: { type: 'int', min: 1, max: 100, default: QEMU_DEFAULTS.throttleTriggerThresholdPct, description: 'throttle-trigger-threshold', unit: '%' },
   maxCpuThrottle: { type: 'int', min: 1, max: 99, default: QEMU_DEFAULTS.maxCpuThrottlePct, description: 'max-cpu-throttle', unit: '%' },
+  vcpuBusyPct: { type: 'number', min: 0.1, max: 100, default: 100, description: "share of the time the guest's vCPUs are busy unthrottled (100 = CPU-bound: the throttle cuts dirtying in proportion)", unit: '%' },
+  throttleCatchUpMs: { type: 'number', min: 0, max: 1e9, description: 'longest vCPU stall a wall-clock paced guest makes up for (default: all)', unit: 'ms' },
+  absorbPendingRewrites: { type: 'boolean', description: 'from the second pass on, count only hot pages not already pending at each bitmap sync, as QEMU does' },
   maxIterations: { type: 'int', min: 1, max: 100_000, default: 1000, description: 'passes after which the prediction gives up' },
   ...jsonOption,
 } as const;
@@ -44,7 +47,7 @@ function table(p: PrecopyPrediction): string[] {
 export const command = defineCommand({
   words: ['predict'],
   summary: 'predict QEMU 7.2 pre-copy RAM migration: passes, total time, downtime, auto-converge throttle',
-  usage: '--ram-mib M --dirty-pages-per-sec R [--hot-pages H] --bandwidth-mbit B [--downtime-ms D] [--zero-page-pct Z] [--no-auto-converge] [--json]',
+  usage: '--ram-mib M --dirty-pages-per-sec R [--hot-pages H] --bandwidth-mbit B [--downtime-ms D] [--zero-page-pct Z] [--no-auto-converge] [--vcpu-busy-pct B] [--throttle-catch-up-ms C] [--absorb-pending-rewrites] [--json]',
   options,
   async run(o, _positionals, io) {
     const ramBytes = o.ramMib * MiB;
@@ -63,6 +66,9 @@ export const command = defineCommand({
       throttleTriggerThresholdPct: o.throttleTriggerThreshold,
       maxCpuThrottlePct: o.maxCpuThrottle,
       maxIterations: o.maxIterations,
+      vcpuBusyFraction: o.vcpuBusyPct / 100,
+      ...(o.throttleCatchUpMs !== undefined ? { throttleCatchUpSec: (o.throttleCatchUpMs as number) / 1000 } : {}),
+      absorbPendingRewrites: o.absorbPendingRewrites === true,
     };
     const p = predictPrecopy({ ...input, dirty: uniformHotSetCurve(o.dirtyPagesPerSec, hotPages) });
     if (o.json) {

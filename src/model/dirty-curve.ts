@@ -87,14 +87,68 @@ export function constantRateCurve(pagesPerSec: number, maxPages = Infinity): Dir
 }
 
 /**
- * D under a CPU throttle of `throttlePct` percent: the guest runs (1 − p/100) of wall time, so a
- * wall-clock window τ holds the writes of (1 − p/100)·τ seconds of unthrottled execution.
- * This scales the page-write rate by (1 − p/100) (QEMU's cpu-throttle sleeps the vCPUs for p% of
- * each 10 ms timeslice) while keeping the saturation at the hot set: throttling cannot make a
- * long window dirty fewer pages than the hot set, only reach it later.
+ * How a guest's dirtying responds to QEMU's CPU throttle (softmmu/cpu-throttle.c): at p % the
+ * throttle timer fires every slice/(1 − p) of wall time (slice = 10 ms) and each vCPU then sleeps
+ * slice·p/(1 − p), so it runs `slice` out of every slice/(1 − p).
  */
-export function throttledPages(curve: DirtyCurve, windowSec: number, throttlePct: number): number {
-  return curve.pagesInWindow(windowSec * (1 - throttlePct / 100));
+export interface ThrottleResponse {
+  /**
+   * Share of wall time the guest's vCPUs are busy when not throttled, (0, 1] (default 1: a
+   * CPU-bound guest). A guest that paces its work by the wall clock and is busy b of the time
+   * loses no work while its run share (1 − p) is still ≥ b: the throttle only takes idle time.
+   */
+  vcpuBusyFraction?: number;
+  /**
+   * The longest vCPU stall a wall-clock paced guest makes up for afterwards, s (≥ 0, default
+   * Infinity: it catches up on everything it has the CPU for). A guest that credits at most c
+   * seconds per wake-up gets min(sleep, c) + slice of wall time done per throttle cycle.
+   */
+  catchUpSec?: number;
+}
+
+/** cpu-throttle.c's CPU_THROTTLE_TIMESLICE_NS, s. */
+export const CPU_THROTTLE_SLICE_SEC = 0.01;
+
+function checkResponse(r: ThrottleResponse): { b: number; c: number } {
+  const b = r.vcpuBusyFraction ?? 1;
+  const c = r.catchUpSec ?? Infinity;
+  if (typeof b !== 'number' || !(b > 0 && b <= 1)) throw new RangeError(`vcpuBusyFraction: must be a number > 0 and ≤ 1 (got ${String(b)})`);
+  if (typeof c !== 'number' || Number.isNaN(c) || c < 0) throw new RangeError(`catchUpSec: must be a number ≥ 0, Infinity allowed (got ${String(c)})`);
+  return { b, c };
+}
+
+/**
+ * Share of its unthrottled page writes a guest still makes under a CPU throttle of
+ * `throttlePct` percent (0..99), 0..1. Per throttle cycle of C = slice/(1 − p) the guest runs
+ * `slice` and sleeps S = C − slice; a paced guest wants b·W seconds of CPU for the W seconds of
+ * wall time it credits (W = C, or min(S, catchUp) + slice when it caps its catch-up), so it does
+ * min(W, slice/b)/C of its work. With the defaults (b = 1, no cap) this is 1 − p/100: a
+ * CPU-bound guest slowed in proportion, what QEMU's auto-converge assumes.
+ */
+export function throttleRunFactor(throttlePct: number, response: ThrottleResponse = {}): number {
+  if (typeof throttlePct !== 'number' || !(throttlePct >= 0 && throttlePct < 100)) throw new RangeError(`throttlePct: must be a number ≥ 0 and < 100 (got ${String(throttlePct)})`);
+  const { b, c } = checkResponse(response);
+  // A CPU-bound guest does exactly its run share (the catch-up limit never binds then).
+  if (b === 1) return 1 - throttlePct / 100;
+  if (throttlePct === 0) return 1;
+  const run = (100 - throttlePct) / 100;
+  const slice = CPU_THROTTLE_SLICE_SEC;
+  const sleep = (slice * throttlePct) / (100 - throttlePct);
+  // Wall time credited per cycle over the cycle: all of it, or (catch-up + slice)·run/slice.
+  const credited = sleep <= c ? 1 : ((c + slice) * run) / slice;
+  return Math.min(1, credited, run / b);
+}
+
+/**
+ * D under a CPU throttle of `throttlePct` percent: a wall-clock window τ holds the writes of
+ * f·τ seconds of unthrottled execution, f = {@link throttleRunFactor} (1 − p/100 for a CPU-bound
+ * guest: QEMU's cpu-throttle sleeps the vCPUs for p% of the time). This scales the page-write
+ * rate by f while keeping the saturation at the hot set: throttling cannot make a long window
+ * dirty fewer pages than the hot set, only reach it later.
+ */
+export function throttledPages(curve: DirtyCurve, windowSec: number, throttlePct: number, response?: ThrottleResponse): number {
+  const f = response === undefined ? 1 - throttlePct / 100 : throttleRunFactor(throttlePct, response);
+  return curve.pagesInWindow(windowSec * f);
 }
 
 /** Options of {@link measuredCurve}. */
@@ -213,7 +267,12 @@ export function measuredCurve(points: ReadonlyArray<readonly [windowSec: number,
         const da = ds[lo]!;
         const db = ds[hi]!;
         if (da === 0 || da === db) d = da + (db - da) * ((windowSec - ws[lo]!) / (ws[hi]! - ws[lo]!));
-        else d = da * Math.pow(windowSec / ws[lo]!, Math.log(db / da) / Math.log(ws[hi]! / ws[lo]!));
+        else {
+          // Clamped to the segment's ends: with subnormal counts the power can round past them
+          // (or overflow to NaN, then the segment is taken as a straight line).
+          const pow = da * Math.pow(windowSec / ws[lo]!, Math.log(db / da) / Math.log(ws[hi]! / ws[lo]!));
+          d = Number.isFinite(pow) ? Math.min(db, Math.max(da, pow)) : da + (db - da) * ((windowSec - ws[lo]!) / (ws[hi]! - ws[lo]!));
+        }
       }
       return Math.min(d, totalPages);
     },

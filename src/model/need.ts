@@ -87,6 +87,28 @@ export interface RemainingTimeInput {
   zeroPageFraction?: number;
   /** Auto-converge (default true, as LXD sets it). */
   autoConverge?: boolean;
+  /** The guest's vCPU busy share, (0, 1] (default 1, CPU-bound): see PrecopyInput.vcpuBusyFraction. */
+  vcpuBusyFraction?: number;
+  /** Longest vCPU stall a paced guest makes up for, s (default Infinity): see PrecopyInput.throttleCatchUpSec. */
+  throttleCatchUpSec?: number;
+  /** Count only newly dirty pages at each sync, as QEMU does (default false): see PrecopyInput.absorbPendingRewrites. */
+  absorbPendingRewrites?: boolean;
+  /**
+   * Bytes the overlay gains in the next `windowSec` seconds (in `base`; default writeBytesPerSec ×
+   * windowSec). A qcow2 overlay allocates whole clusters (64 KiB by default), so small scattered
+   * writes grow it, and the mirror's backlog, by far more than the bytes written: pass the
+   * expected newly allocated clusters × cluster size. Must be ≥ 0 and non-decreasing.
+   */
+  overlayGrowthBytes?(windowSec: number): number;
+  /**
+   * Fixed costs of the migration's orchestration, s (each ≥ 0, default 0), added once for each
+   * phase still ahead: `mirror` = starting the mirror (NBD export and client, blockdev-mirror,
+   * waiting for BLOCK_JOB_READY) beyond copying its backlog, counted while in `base`;
+   * `switchover` = the steps around the stop-and-copy (block-job-cancel, migrate-continue, the
+   * device state, starting the target) beyond sending the pending RAM, counted in `base`,
+   * `mirror` and `ram`.
+   */
+  fixedCostSec?: { mirror?: number; switchover?: number };
 }
 
 export interface RemainingTime {
@@ -98,6 +120,8 @@ export interface RemainingTime {
   ramSec: number;
   /** Stop-and-copy, seconds (included in ramSec when the RAM phase is ahead). */
   switchoverSec: number;
+  /** Fixed orchestration costs included in totalSec (see RemainingTimeInput.fixedCostSec), s. */
+  fixedSec: number;
   /** The mirror backlog when `mirror` starts (or now, in `mirror`), bytes. */
   mirrorBacklogBytes: number;
   /** The pre-copy prediction used for the RAM phase (absent in `switchover`). */
@@ -123,7 +147,11 @@ export function remainingTime(input: RemainingTimeInput): RemainingTime {
   const maxBw = input.ramMaxBandwidthBytesPerSec ?? QEMU_DEFAULTS.maxBandwidthBytesPerSec;
   const downtimeLimitMs = input.downtimeLimitMs ?? QEMU_DEFAULTS.downtimeLimitMs;
   const w = input.writeBytesPerSec;
-  const out: RemainingTime = { totalSec: 0, baseSec: 0, mirrorSec: 0, ramSec: 0, switchoverSec: 0, mirrorBacklogBytes: 0 };
+  const out: RemainingTime = { totalSec: 0, baseSec: 0, mirrorSec: 0, ramSec: 0, switchoverSec: 0, fixedSec: 0, mirrorBacklogBytes: 0 };
+  const fixedMirror = input.fixedCostSec?.mirror ?? 0;
+  const fixedSwitchover = input.fixedCostSec?.switchover ?? 0;
+  checkNonNegative('fixedCostSec.mirror', fixedMirror);
+  checkNonNegative('fixedCostSec.switchover', fixedSwitchover);
   const ramRate = backlogRate(share, w, maxBw);
 
   if (m.phase === 'switchover') {
@@ -134,7 +162,10 @@ export function remainingTime(input: RemainingTimeInput): RemainingTime {
   if (m.phase === 'base') {
     // The bulk copy has the share to itself; writes only land in the overlay, growing the backlog.
     out.baseSec = m.baseBytesLeft / share;
-    out.mirrorBacklogBytes = m.mirrorBytesLeft + w * out.baseSec;
+    const growth = input.overlayGrowthBytes ? input.overlayGrowthBytes(out.baseSec) : w * out.baseSec;
+    if (typeof growth !== 'number' || !Number.isFinite(growth) || growth < 0) throw new RangeError(`overlayGrowthBytes: must return a finite number ≥ 0 (got ${String(growth)})`);
+    out.mirrorBacklogBytes = m.mirrorBytesLeft + growth;
+    out.fixedSec += fixedMirror;
   } else if (m.phase === 'mirror') out.mirrorBacklogBytes = m.mirrorBytesLeft;
   if (m.phase === 'base' || m.phase === 'mirror') {
     // write-blocking: new writes go to the target synchronously, so the backlog only shrinks.
@@ -148,11 +179,15 @@ export function remainingTime(input: RemainingTimeInput): RemainingTime {
     downtimeLimitMs,
     dirty: m.ramDirty,
     autoConverge: input.autoConverge ?? true,
+    ...(input.vcpuBusyFraction !== undefined ? { vcpuBusyFraction: input.vcpuBusyFraction } : {}),
+    ...(input.throttleCatchUpSec !== undefined ? { throttleCatchUpSec: input.throttleCatchUpSec } : {}),
+    ...(input.absorbPendingRewrites !== undefined ? { absorbPendingRewrites: input.absorbPendingRewrites } : {}),
     ...(m.phase === 'ram' ? { pendingBytes: Math.min(m.ramPendingBytes, m.ramBytes), fixedThrottlePct: Math.min(99, Math.max(0, m.cpuThrottlePct)) } : {}),
   });
   out.ram = ram;
   out.ramSec = ram.converges ? ram.totalSec : Infinity;
   out.switchoverSec = ram.converges ? ram.downtimeMs / 1000 : Infinity;
-  out.totalSec = out.baseSec + out.mirrorSec + out.ramSec;
+  out.fixedSec += fixedSwitchover;
+  out.totalSec = out.baseSec + out.mirrorSec + out.ramSec + out.fixedSec;
   return out;
 }

@@ -123,3 +123,15 @@ test('dirty curves reject bad input with the field named', () => {
   assert.throws(() => measuredCurve([[1, NaN]]), /points\[0\] pages/);
   assert.throws(() => measuredCurve([[1, 1]], { totalPages: 0 }), /totalPages/);
 });
+
+test('measuredCurve: subnormal counts between close windows stay within the segment (regression)', () => {
+  // Found by the property above: a power law through (1e-4, 5e-324) and (1.0166e-4, 8.9e-16).
+  const m = measuredCurve([
+    [0.0001, 5e-324],
+    [0.00010166307803532869, 8.881784197000537e-16],
+  ]);
+  for (const w of [0.0001, 0.00010083, 0.00010166307803532868, 0.00010166307803532869]) {
+    const d = m.pagesInWindow(w);
+    assert.ok(Number.isFinite(d) && d >= 5e-324 && d <= 8.881784197000537e-16, `D(${w}) = ${d}`);
+  }
+});

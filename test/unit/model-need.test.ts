@@ -112,3 +112,44 @@ test('remainingTime never decreases when the link share shrinks (property)', () 
     { numRuns: 200 },
   );
 });
+
+test('remainingTime: fixed orchestration costs for the phases ahead; overlay growth by clusters; guest response passed on', () => {
+  const share = 100 * MiB;
+  const w = 10 * MiB;
+  const plain = remainingTime({ migration: migration(), writeBytesPerSec: w, linkShareBytesPerSec: share });
+  assert.equal(plain.fixedSec, 0);
+  const fixedCostSec = { mirror: 0.2, switchover: 0.3 };
+  const base = remainingTime({ migration: migration(), writeBytesPerSec: w, linkShareBytesPerSec: share, fixedCostSec });
+  close(base.fixedSec, 0.5, 1e-12);
+  close(base.totalSec, plain.totalSec + 0.5, 1e-12);
+  // In `mirror` the mirror has started: only the switchover's cost is ahead; in `ram` too.
+  const inMirror = remainingTime({ migration: migration({ phase: 'mirror', baseBytesLeft: 0 }), writeBytesPerSec: w, linkShareBytesPerSec: share, fixedCostSec });
+  close(inMirror.fixedSec, 0.3, 1e-12);
+  const inRam = remainingTime({ migration: migration({ phase: 'ram', baseBytesLeft: 0, mirrorBytesLeft: 0 }), writeBytesPerSec: 0, linkShareBytesPerSec: share, fixedCostSec });
+  close(inRam.fixedSec, 0.3, 1e-12);
+  const sw = remainingTime({ migration: migration({ phase: 'switchover', ramPendingBytes: 4096 }), writeBytesPerSec: 0, linkShareBytesPerSec: share, fixedCostSec });
+  assert.equal(sw.fixedSec, 0);
+  // The overlay grows by the given function of the base phase's length, not by writes × time.
+  const seen: number[] = [];
+  const grown = remainingTime({
+    migration: migration(),
+    writeBytesPerSec: w,
+    linkShareBytesPerSec: share,
+    overlayGrowthBytes: (sec) => {
+      seen.push(sec);
+      return 64 * 1024 * 100;
+    },
+  });
+  close(seen[0]!, 102.4, 1e-12);
+  assert.equal(grown.mirrorBacklogBytes, GiB + 64 * 1024 * 100);
+  close(grown.mirrorSec, (GiB + 64 * 1024 * 100) / (90 * MiB), 1e-12);
+  assert.throws(() => remainingTime({ migration: migration(), writeBytesPerSec: w, linkShareBytesPerSec: share, overlayGrowthBytes: () => -1 }), /overlayGrowthBytes: must return a finite number ≥ 0/);
+  assert.throws(() => remainingTime({ migration: migration(), writeBytesPerSec: w, linkShareBytesPerSec: share, fixedCostSec: { mirror: -1 } }), /fixedCostSec.mirror/);
+  // The guest's throttle response and QEMU's dirty count reach predictPrecopy.
+  const paced = { vcpuBusyFraction: 0.1, throttleCatchUpSec: 0.05, absorbPendingRewrites: true };
+  const m = migration({ ramBytes: 128 * MiB, ramDirty: uniformHotSetCurve(12000, 4096) });
+  const withResponse = remainingTime({ migration: m, writeBytesPerSec: 0, linkShareBytesPerSec: 23.3e6, zeroPageFraction: 0.25, ...paced });
+  const direct = predictPrecopy({ ramBytes: 128 * MiB, zeroPageFraction: 0.25, bandwidthBytesPerSec: 23.3e6, downtimeLimitMs: 300, dirty: uniformHotSetCurve(12000, 4096), ...paced });
+  assert.equal(withResponse.ram?.finalThrottlePct, 90);
+  close(withResponse.ramSec, direct.totalSec, 1e-12);
+});

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { constantRateCurve, uniformHotSetCurve } from '../../src/model/dirty-curve';
+import { constantRateCurve, throttleRunFactor, uniformHotSetCurve } from '../../src/model/dirty-curve';
 import { PAGE_HEADER_BYTES, predictPrecopy, PrecopyInput, QEMU_DEFAULTS, ZERO_PAGE_WIRE_BYTES } from '../../src/model/precopy';
 
 const GiB = 2 ** 30;
@@ -289,4 +289,103 @@ test('cost: ~tens of µs per prediction; explain: false skips the ~100-simulatio
   t.diagnostic(`non-converging with toConverge: ${b.toFixed(0)} µs/call; explain: false: ${c.toFixed(1)} µs/call`);
   assert.equal(predictPrecopy({ ...stuck, explain: false }).toConverge, undefined);
   assert.ok(b > 10 * c, `explain costs ${b} µs vs ${c} µs without`);
+});
+
+test('throttleRunFactor: 1 − p for a CPU-bound guest; a paced guest loses only what its CPU share or its catch-up cannot cover', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: 99 }), (p) => {
+      close(throttleRunFactor(p), 1 - p / 100, 1e-12);
+      close(throttleRunFactor(p, { vcpuBusyFraction: 1 }), 1 - p / 100, 1e-12);
+    }),
+  );
+  // Busy 10 % with no catch-up limit: nothing lost while the run share 1 − p is ≥ 0.1.
+  assert.equal(throttleRunFactor(90, { vcpuBusyFraction: 0.1 }), 1);
+  close(throttleRunFactor(95, { vcpuBusyFraction: 0.1 }), 0.5, 1e-12);
+  close(throttleRunFactor(60, { vcpuBusyFraction: 0.5 }), 0.8, 1e-12);
+  // The lab guest (busy 10 %, makes up ≤ 50 ms): at 80 % each vCPU sleeps 40 ms per 50 ms cycle,
+  // all made up; at 90 % it sleeps 90 ms per 100 ms, 50 ms made up + 10 ms run = 0.6; at 99 %
+  // 990 ms per 1 s, 0.06.
+  const lab = { vcpuBusyFraction: 0.1, catchUpSec: 0.05 };
+  assert.equal(throttleRunFactor(80, lab), 1);
+  close(throttleRunFactor(90, lab), 0.6, 1e-9);
+  close(throttleRunFactor(99, lab), 0.06, 1e-9);
+  // Never more than the guest wants, never less than the CPU-bound 1 − p (property).
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: 99 }), fc.double({ min: 0.01, max: 1, noNaN: true }), fc.double({ min: 0, max: 2, noNaN: true }), (p, b, c) => {
+      const f = throttleRunFactor(p, { vcpuBusyFraction: b, catchUpSec: c });
+      assert.ok(f <= 1 && f >= 1 - p / 100 - 1e-12, `${p} ${b} ${c}: ${f}`);
+    }),
+  );
+  assert.throws(() => throttleRunFactor(100), /throttlePct/);
+  assert.throws(() => throttleRunFactor(50, { vcpuBusyFraction: 0 }), /vcpuBusyFraction: must be a number > 0 and ≤ 1/);
+  assert.throws(() => throttleRunFactor(50, { catchUpSec: -1 }), /catchUpSec/);
+});
+
+test('vcpuBusyFraction: 1 (explicit) is the default; a paced lab guest needs QEMU to throttle to 90 %, not 20 %', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 100, max: 60000 }), fc.integer({ min: 512, max: 200000 }), fc.integer({ min: 5, max: 200 }), (R, H, mbps) => {
+      const input: PrecopyInput = { ramBytes: GiB, zeroPageFraction: 0.2, bandwidthBytesPerSec: mbps * MiB, downtimeLimitMs: 300, dirty: uniformHotSetCurve(R, H), explain: false };
+      assert.deepEqual(predictPrecopy({ ...input, vcpuBusyFraction: 1 }), predictPrecopy(input));
+    }),
+    { numRuns: 40 },
+  );
+  // The lab's case (docs/BENCHMARKS.md): 128 MiB, 12 000 pages/s over a 16 MiB hot set, 23.3 MB/s.
+  const lab: PrecopyInput = { ramBytes: 128 * MiB, zeroPageFraction: 0.25, bandwidthBytesPerSec: 23.3e6, downtimeLimitMs: 300, dirty: uniformHotSetCurve(12000, 4096), absorbPendingRewrites: true };
+  const cpuBound = predictPrecopy(lab);
+  const paced = predictPrecopy({ ...lab, vcpuBusyFraction: 0.1, throttleCatchUpSec: 0.05 });
+  assert.ok(cpuBound.converges && paced.converges);
+  // CPU-bound, the first step (20 %) already cuts 12 000 to 9600 pages/s, enough; paced, nothing
+  // changes up to 80 % and 90 % is the first step that cuts the rate (to 0.6 × 12 000).
+  assert.equal(cpuBound.finalThrottlePct, 20);
+  assert.equal(paced.finalThrottlePct, 90);
+  assert.ok(paced.totalSec > 1.5 * cpuBound.totalSec, `${paced.totalSec} vs ${cpuBound.totalSec}`);
+  // Up to 80 % the paced guest's passes dirty what unthrottled ones of the same length would.
+  const unthrottled = (sec: number): number => uniformHotSetCurve(12000, 4096).pagesInWindow(sec);
+  const mid = paced.perIteration.filter((i) => i.throttlePct > 0 && i.throttlePct <= 80);
+  assert.ok(mid.length > 5);
+  const cpuMid = cpuBound.perIteration.filter((i) => i.throttlePct > 0);
+  assert.ok(cpuMid.every((i) => i.dirtiedPages < unthrottled(i.durationSec)), 'a CPU-bound guest slows at once');
+  assert.throws(() => predictPrecopy({ ...lab, vcpuBusyFraction: 0 }), /vcpuBusyFraction: must be a number > 0 and ≤ 1/);
+  assert.throws(() => predictPrecopy({ ...lab, vcpuBusyFraction: 1.5 }), /vcpuBusyFraction/);
+  assert.throws(() => predictPrecopy({ ...lab, throttleCatchUpSec: -0.1 }), /throttleCatchUpSec: must be a number ≥ 0/);
+});
+
+test('absorbPendingRewrites: from the second pass on, a write to a page not sent yet is not sent again (closed form)', () => {
+  // Uniform hot set H at R pages/s. The first pass is counted in full either way: H(1 − e^(−x1)),
+  // x1 = R·d1/H. In the second pass the S pages it sends (all hot) go out at uniform times u and
+  // come back only if written after u, the other H − S hot pages if written at all:
+  // (H − S)(1 − e^(−x2)) + S(1 − (1 − e^(−x2))/x2), x2 = R·d2/H.
+  const ramBytes = 256 * MiB;
+  const bw = 50 * MiB;
+  const H = 8192;
+  const d1 = ((ramBytes / 4096) * 4104) / bw;
+  const R = H / d1; // x1 = 1
+  const input: PrecopyInput = { ramBytes, zeroPageFraction: 0, bandwidthBytesPerSec: bw, downtimeLimitMs: 300, dirty: uniformHotSetCurve(R, H), autoConverge: false, explain: false };
+  const off = predictPrecopy(input);
+  const on = predictPrecopy({ ...input, absorbPendingRewrites: true });
+  const S = H * (1 - Math.exp(-1));
+  close(off.perIteration[0]!.dirtiedPages, S, 1e-12);
+  close(on.perIteration[0]!.dirtiedPages, S, 1e-12);
+  const d2 = (S * 4104) / bw;
+  const x2 = (R * d2) / H;
+  close(on.perIteration[1]!.durationSec, d2, 1e-12);
+  close(off.perIteration[1]!.dirtiedPages, H * (1 - Math.exp(-x2)), 1e-12);
+  close(on.perIteration[1]!.dirtiedPages, (H - S) * (1 - Math.exp(-x2)) + S * (1 - (1 - Math.exp(-x2)) / x2), 1e-6);
+  assert.ok(on.perIteration[1]!.dirtiedPages < 0.8 * off.perIteration[1]!.dirtiedPages);
+  // An unbounded curve has no hot set to overlap: nothing changes.
+  const line: PrecopyInput = { ...input, dirty: constantRateCurve(3000) };
+  assert.deepEqual(predictPrecopy({ ...line, absorbPendingRewrites: true }), predictPrecopy(line));
+  // Never more pages, so never a longer migration with the throttle held (property).
+  fc.assert(
+    fc.property(fc.integer({ min: 100, max: 40000 }), fc.integer({ min: 256, max: 100000 }), fc.integer({ min: 5, max: 100 }), (r, h, mbps) => {
+      const i: PrecopyInput = { ramBytes: 512 * MiB, zeroPageFraction: 0, bandwidthBytesPerSec: mbps * MiB, downtimeLimitMs: 300, dirty: uniformHotSetCurve(r, h), autoConverge: false, explain: false, maxIterations: 200 };
+      const a = predictPrecopy(i);
+      const b = predictPrecopy({ ...i, absorbPendingRewrites: true });
+      assert.equal(b.perIteration[0]!.dirtiedPages, a.perIteration[0]!.dirtiedPages);
+      if (a.perIteration.length > 1) assert.ok(b.perIteration[1]!.dirtiedPages <= a.perIteration[1]!.dirtiedPages * (1 + 1e-12));
+      if (a.converges) assert.ok(b.converges && b.totalSec <= a.totalSec * (1 + 1e-9), `${b.totalSec} vs ${a.totalSec}`);
+    }),
+    { numRuns: 60 },
+  );
+  assert.throws(() => predictPrecopy({ ...input, absorbPendingRewrites: 'yes' as unknown as boolean }), /absorbPendingRewrites: must be a boolean/);
 });

@@ -41,6 +41,8 @@ test('dpa predict rejects out-of-range options naming the option, exit 2', async
     [['--zero-page-pct', '101'], /--zero-page-pct: must be a number from 0 to 100/],
     [['--hot-pages', '300000'], /--hot-pages: must be an integer from 1 to 262144/],
     [['--max-cpu-throttle', '100'], /--max-cpu-throttle: must be an integer from 1 to 99/],
+    [['--vcpu-busy-pct', '0'], /--vcpu-busy-pct: must be a number from 0.1 to 100/],
+    [['--throttle-catch-up-ms', '-1'], /--throttle-catch-up-ms: must be a number from 0/],
   ] as const;
   for (const [extra, message] of bad) {
     const args = new Map<string, string>([
@@ -64,4 +66,23 @@ test('bin/dpa.js predict runs as a process and prints one JSON document', () => 
   const doc = JSON.parse(out) as { prediction: { converges: boolean; downtimeMs: number } };
   assert.equal(doc.prediction.converges, true);
   assert.ok(doc.prediction.downtimeMs > 0 && doc.prediction.downtimeMs < 300 * (4104 / 4096));
+});
+
+test('dpa predict --json: a wall-clock paced guest (--vcpu-busy-pct, --throttle-catch-up-ms) needs a higher throttle', async () => {
+  const common = ['predict', '--ram-mib', '128', '--dirty-pages-per-sec', '12000', '--hot-pages', '4096', '--bandwidth-mbit', '186.4', '--zero-page-pct', '25', '--absorb-pending-rewrites', '--json'];
+  const cpu = await run(common);
+  const paced = await run([...common, '--vcpu-busy-pct', '10', '--throttle-catch-up-ms', '50']);
+  assert.equal(cpu.code, 0);
+  assert.equal(paced.code, 0);
+  type Doc = { input: { vcpuBusyFraction: number; throttleCatchUpSec?: number; absorbPendingRewrites: boolean }; prediction: { finalThrottlePct: number; totalSec: number } };
+  const a = JSON.parse(cpu.out) as Doc;
+  const b = JSON.parse(paced.out) as Doc;
+  assert.equal(a.input.vcpuBusyFraction, 1);
+  assert.equal(a.input.throttleCatchUpSec, undefined);
+  assert.equal(b.input.vcpuBusyFraction, 0.1);
+  assert.equal(b.input.throttleCatchUpSec, 0.05);
+  assert.equal(b.input.absorbPendingRewrites, true);
+  assert.equal(a.prediction.finalThrottlePct, 20);
+  assert.equal(b.prediction.finalThrottlePct, 90);
+  assert.ok(b.prediction.totalSec > a.prediction.totalSec);
 });

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { parseNumberList } from '../../src/cli/lab-predict-check';
-import { checkPredictCheckOptions, zeroPageShare } from '../../src/migrate/predict-check';
+import { readFileSync } from 'node:fs';
+import { checkPredictCheckOptions, measureVcpuBusy, parseTaskStat, zeroPageShare } from '../../src/migrate/predict-check';
 
 const PAGE = 4096;
 
@@ -45,6 +46,8 @@ test('checkPredictCheckOptions names the bad option and its range', () => {
   assert.throws(() => checkPredictCheckOptions({ guestMib: 64 }), /guestMib: must be an integer from 96 to 512/);
   assert.throws(() => checkPredictCheckOptions({ memMib: 65 }), /memMib: must be an integer from 1 to 64/);
   assert.throws(() => checkPredictCheckOptions(null as never), TypeError);
+  assert.throws(() => checkPredictCheckOptions({ mirrorFixedMs: -1 }), /mirrorFixedMs: must be a number from 0 to 10000/);
+  assert.throws(() => checkPredictCheckOptions({ switchoverFixedMs: 20_000 }), /switchoverFixedMs: must be a number from 0 to 10000/);
   assert.doesNotThrow(() => checkPredictCheckOptions({ dirtyPagesPerSec: [0, 12000], linkMbit: [100, 200], diskMib: 16 }));
 });
 
@@ -53,4 +56,19 @@ test('parseNumberList parses a comma list and rejects bad items by option name',
   assert.throws(() => parseNumberList('rates', '500,,4000', 0, 100_000, 12), /--rates: must be a comma-separated list/);
   assert.throws(() => parseNumberList('links', '100,abc', 10, 10_000, 6), /--links: each value must be a number from 10 to 10000 \(got "abc"\)/);
   assert.throws(() => parseNumberList('links', '1,2,3,4,5,6,7', 1, 10, 6), /1 to 6 numbers/);
+});
+
+test('parseTaskStat: thread name with spaces and parentheses, utime + stime in ticks', () => {
+  // Fields after ") ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+  const line = '4242 (CPU 0/TCG) (x)) S 1 4242 4242 0 -1 4194624 10 0 0 0 1234 56 0 0 20 0 3 0 100 0 0';
+  assert.deepEqual(parseTaskStat(line), { comm: 'CPU 0/TCG) (x)', cpuTicks: 1290 });
+  assert.throws(() => parseTaskStat('4242 no comm here'), /no \(comm\) field/);
+  assert.throws(() => parseTaskStat('1 (a) S 1 2'), /utime\/stime/);
+  // A real one: this process's main thread has used CPU to get here.
+  const self = parseTaskStat(readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8'));
+  assert.ok(self.cpuTicks > 0 && self.comm.length > 0);
+});
+
+test('measureVcpuBusy: a process without vCPU threads is an error, not a zero', async () => {
+  await assert.rejects(measureVcpuBusy(process.pid, 10), /no vCPU thread/);
 });
