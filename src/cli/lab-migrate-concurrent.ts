@@ -38,6 +38,7 @@ export const command = defineCommand({
     runs: { type: 'enum', choices: ['both', 'baseline', 'governed'], default: 'both', description: 'which runs' },
     timeoutS: { type: 'int', min: 10, max: 3600, default: 150, description: 'per-migration limit (then it rolls back)', unit: 's' },
     decisionLog: { type: 'string', description: "keep the governed run's decision log (JSON lines) at this path" },
+    ungovernedLinkFraction: { type: 'number', min: 0.05, max: 2, description: 'baseline only: cap each RAM stream and mirror at this fraction of the link ÷ K' },
     countAllWrites: { type: 'boolean', description: 'the governor counts every written byte as overlay growth (its library default) instead of measuring the growth' },
     ...jsonOption,
   },
@@ -59,6 +60,7 @@ export const command = defineCommand({
       migrationTimeoutS: options.timeoutS,
       ...(options.decisionLog !== undefined ? { decisionLog: resolve(options.decisionLog) } : {}),
       governorOverlayGrowth: options.countAllWrites !== true,
+      ...(options.ungovernedLinkFraction !== undefined ? { ungovernedLinkFraction: options.ungovernedLinkFraction } : {}),
       onNote: (l) => io.err(l + '\n'),
       signal: io.signal,
     });
@@ -73,6 +75,7 @@ export const command = defineCommand({
     if (g) {
       io.out(line('governed', g));
       io.out(`prediction p90 |error| ${g.predictionP90ErrorPct === null ? 'n/a' : g.predictionP90ErrorPct.toFixed(1) + ' %'}\n`);
+      if (report.writeVsUngovernedMin !== null) io.out(`governed writes ÷ ungoverned (same guests, same link) min ${report.writeVsUngovernedMin.toFixed(2)}\n`);
     }
     return ok ? 0 : 1;
   },

@@ -38,8 +38,16 @@
  *   governor let through, `fleetWriteAllowedRatio` the same for the K guests together. It can
  *   exceed 1: overlays of migrations that end early free Ω for the others, and rewrites of
  *   allocated clusters do not grow an overlay.
+ * - why a guest writes less than min(demand, U/N): per phase of each migration (`phases`), QEMU's
+ *   own mean write latency on the source device (query-blockstats, every 250 ms) and the link's
+ *   round trip (TCP SYN → RST across it, every 100 ms). From the mirror on, each write completes
+ *   only after crossing the link, so a queue-depth-1 writer is bound by that round trip, not by
+ *   U/N. Hence `writeVsUngoverned`: the governed guests' writes ÷ the same command's baseline
+ *   guests' mean, when that baseline was not bound by Ω (no overflow, no paused guest) — the
+ *   share of what these guests physically reach over this link.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -54,7 +62,7 @@ import { LabVm } from '../lab/vm';
 import { uniformHotSetCurve } from '../model/dirty-curve';
 import { remainingTime } from '../model/need';
 import type { QmpEvent } from '../qmp/client';
-import { queryStatus } from '../qmp/commands';
+import { queryBlockstats, queryStatus } from '../qmp/commands';
 import { spawnBaseReceiver, type BaseReceiver } from './base-copy';
 import { verificationPassed } from './lab';
 import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LiveMigration } from './migration';
@@ -105,6 +113,11 @@ export interface ConcurrentOptions {
    * true here): guests rewriting their region were otherwise held at γ_SLA with Ω a third free.
    */
   governorOverlayGrowth?: boolean;
+  /**
+   * Ungoverned run only: cap each migration's RAM stream (max-bandwidth) and mirror (job speed)
+   * at this fraction of the measured link ÷ K (0.05..2; default: no cap, as LXD sets none).
+   */
+  ungovernedLinkFraction?: number;
   guest?: GuestImage;
   /** Progress notes (one line each, for humans). */
   onNote?(line: string): void;
@@ -157,6 +170,34 @@ export interface ConcurrentMigrationReport {
   omegaBoundBytesPerSec: number;
   /** writeBytesPerSec / min(demand, linkShare, omegaBound): the share of what Ω AND the link allowed. */
   writeAllowedRatio: number | null;
+  /**
+   * Per migration phase (the phase this migration was in): the guest's disk writes as QEMU timed
+   * them on the source's virtio-blk device (query-blockstats wr_total_time_ns / wr_operations,
+   * sampled every 250 ms: throttle wait + overlay write + the write-blocking mirror's round trip),
+   * and the link's round trip (TCP SYN → RST to the target namespace, every 100 ms) at the same
+   * time: what makes a queue-depth-1 writer slow.
+   */
+  phases: Record<string, PhaseLatency>;
+  /**
+   * Governed run, when the same command's baseline ran with Ω not binding (no overflow, no paused
+   * guest, every counter read): writeBytesPerSec ÷ the baseline guests' mean writeBytesPerSec —
+   * the share of what these guests physically reach over this link with no governor at all.
+   * Null otherwise.
+   */
+  writeVsUngoverned: number | null;
+}
+
+/** Write latency and link round trip over one phase of one migration. */
+export interface PhaseLatency {
+  /** Time spent in the phase (as sampled), ms. */
+  ms: number;
+  /** Guest writes QEMU completed in the phase. */
+  writes: number;
+  /** Mean write latency, ms (null without writes). */
+  writeMeanMs: number | null;
+  /** Link round trip p50 / p90 while in the phase, ms (null without probes). */
+  rttP50Ms: number | null;
+  rttP90Ms: number | null;
 }
 
 export interface ConcurrentRunReport {
@@ -188,6 +229,8 @@ export interface ConcurrentRunReport {
    * per-VM ratio says how fair it was, this one how much of Ω it let the guests use.
    */
   fleetWriteAllowedRatio: number | null;
+  /** Least writeVsUngoverned over the migrations (null unless every one is known). */
+  writeVsUngovernedMin: number | null;
   migrations: ConcurrentMigrationReport[];
   /** Governed run: every 10th tick, what the governor saw per VM (overlay KiB, write rate and limit, bytes/s). */
   timeline?: Array<{ tMs: number; vms: Array<{ id: string; phase: string; overlayKib: number; writeBps: number; limitBps: number }> }>;
@@ -215,6 +258,10 @@ export interface ConcurrentReport {
   writeShareRatioMin: number | null;
   /** The governed run's least write allowed ratio (Ω taken into account; see the module comment). */
   writeAllowedRatioMin: number | null;
+  /** The governed run's least writeVsUngoverned (null without a usable baseline in the same command). */
+  writeVsUngovernedMin: number | null;
+  /** The baseline guests' mean write rate, bytes/s, when it is usable as the ceiling (see writeVsUngoverned). */
+  ungovernedWriteBytesPerSec: number | null;
   baseline: Pick<ConcurrentRunReport, 'completed' | 'overflow' | 'pausedGuests' | 'writeShareRatioMin'> | null;
   runs: { baseline?: ConcurrentRunReport; governed?: ConcurrentRunReport };
 }
@@ -243,6 +290,7 @@ export function checkConcurrentOptions(o: ConcurrentOptions): void {
   checkNum('migrationTimeoutS', o.migrationTimeoutS, ...CONCURRENT_LIMITS.migrationTimeoutS);
   checkNum('governorReserveBytes', o.governorReserveBytes, 0, o.omegaMib * MiB - 1);
   checkNum('governorIntervalMs', o.governorIntervalMs, ...CONCURRENT_LIMITS.governorIntervalMs);
+  checkNum('ungovernedLinkFraction', o.ungovernedLinkFraction, 0.05, 2, false);
   if (o.runs !== undefined && !['both', 'baseline', 'governed'].includes(o.runs)) throw new RangeError(`runs: must be 'both', 'baseline' or 'governed' (got ${JSON.stringify(o.runs)})`);
 }
 
@@ -302,6 +350,7 @@ interface Settings {
   zeroPageFraction: number;
   decisionLog?: string;
   overlayGrowth: boolean;
+  ungovernedLinkFraction?: number;
   note(line: string): void;
   signal?: AbortSignal;
 }
@@ -319,6 +368,8 @@ interface Slot {
   /** Workload writes completed (guest counter) and host time when the migrations started, and at this one's end. */
   writesAtStart?: { writes: number; tMs: number };
   writesAtEnd?: { writes: number; tMs: number };
+  /** query-blockstats samples: per phase, Δ wr_operations and Δ wr_total_time_ns, and time. */
+  lat: Map<string, { ms: number; ops: number; ns: number; rtts: number[] }>;
   /** Host times this migration ran, ms. */
   startMs?: number;
   endMs?: number;
@@ -343,6 +394,92 @@ function watchOmega(omega: Omega): { stop(): Promise<number> } {
   };
 }
 
+/** The phase bucket of a slot right now, or null when its migration is not running. */
+function phaseOf(sl: Slot): string | null {
+  if (sl.startMs === undefined || sl.endMs !== undefined) return null;
+  return sl.last?.phase ?? 'setup';
+}
+
+function bucket(sl: Slot, phase: string): { ms: number; ops: number; ns: number; rtts: number[] } {
+  let b = sl.lat.get(phase);
+  if (!b) sl.lat.set(phase, (b = { ms: 0, ops: 0, ns: 0, rtts: [] }));
+  return b;
+}
+
+/**
+ * While the migrations run: every 250 ms each source's virtio-blk write counters (count and
+ * QEMU's cumulative write time), and every 100 ms one TCP round trip across the link (a SYN to a
+ * closed port of the target namespace, answered by RST: both directions' tbf queues). Both are
+ * credited to the phase each migration is in.
+ */
+function watchLatency(slots: Slot[], host: string): { stop(): Promise<void> } {
+  let stopped = false;
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const sampler = async (sl: Slot): Promise<void> => {
+    let prev: { tMs: number; ops: number; ns: number } | undefined;
+    while (!stopped) {
+      const phase = phaseOf(sl);
+      const stats = await queryBlockstats(sl.source.qmp, {}, { timeoutMs: 2000 }).catch(() => undefined);
+      const t = performance.now();
+      const dev = stats?.filter((x) => x.qdev).sort((a, b) => b.stats.wr_operations - a.stats.wr_operations)[0]?.stats;
+      if (dev && phase !== null && phaseOf(sl) === phase) {
+        if (prev) {
+          const b = bucket(sl, phase);
+          b.ms += t - prev.tMs;
+          b.ops += dev.wr_operations - prev.ops;
+          b.ns += dev.wr_total_time_ns - prev.ns;
+        }
+        prev = { tMs: t, ops: dev.wr_operations, ns: dev.wr_total_time_ns };
+      } else prev = undefined;
+      await sleep(250);
+    }
+  };
+  const probe = async (): Promise<void> => {
+    while (!stopped) {
+      const t0 = performance.now();
+      const rtt = await new Promise<number | null>((resolve) => {
+        // Port 9 (discard) has no listener in the namespace: the RST is the reply.
+        const sock = net.connect({ host, port: 9 });
+        const done = (ok: boolean): void => {
+          sock.destroy();
+          resolve(ok ? performance.now() - t0 : null);
+        };
+        sock.setTimeout(1000, () => done(false));
+        sock.once('connect', () => done(true));
+        sock.once('error', (e: NodeJS.ErrnoException) => done(e.code === 'ECONNREFUSED'));
+      });
+      if (rtt !== null) {
+        for (const sl of slots) {
+          const phase = phaseOf(sl);
+          if (phase !== null) bucket(sl, phase).rtts.push(rtt);
+        }
+      }
+      await sleep(Math.max(0, 100 - (performance.now() - t0)));
+    }
+  };
+  const loops = [...slots.map(sampler), probe()];
+  return {
+    async stop() {
+      stopped = true;
+      await Promise.all(loops);
+    },
+  };
+}
+
+function phaseLatency(sl: Slot): Record<string, PhaseLatency> {
+  const out: Record<string, PhaseLatency> = {};
+  for (const [phase, b] of sl.lat) {
+    out[phase] = {
+      ms: Math.round(b.ms),
+      writes: b.ops,
+      writeMeanMs: b.ops > 0 ? Math.round(b.ns / b.ops / 1e4) / 100 : null,
+      rttP50Ms: b.rtts.length ? Math.round(quantile(b.rtts, 0.5)! * 100) / 100 : null,
+      rttP90Ms: b.rtts.length ? Math.round(quantile(b.rtts, 0.9)! * 100) / 100 : null,
+    };
+  }
+  return out;
+}
+
 function predictTotalMs(s: Settings, p: MigrationProgress, writeBytesPerSec: number): number {
   const r = remainingTime({
     migration: {
@@ -361,12 +498,18 @@ function predictTotalMs(s: Settings, p: MigrationProgress, writeBytesPerSec: num
   return p.tMs + r.totalSec * 1000;
 }
 
+function capped(bytesPerSec: number): { maxBandwidthBytesPerSec: number; mirrorBytesPerSec: number } {
+  const b = Math.max(1, Math.round(bytesPerSec));
+  return { maxBandwidthBytesPerSec: b, mirrorBytesPerSec: b };
+}
+
 async function runFleetOn(s: Settings, topology: Topology, governed: boolean): Promise<ConcurrentRunReport> {
   const tag = governed ? 'governed' : 'baseline';
   const slots: Slot[] = [];
   let omega: Omega | undefined;
   let gov: Governor | undefined;
   let govDir: string | undefined;
+  let latency: { stop(): Promise<void> } | undefined;
   try {
     omega = await createOmega({ sizeBytes: s.omegaBytes });
     s.note(`${tag}: booting ${s.k} guests`);
@@ -376,7 +519,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
       ),
     );
     sources.forEach((r, i) => {
-      if (r.status === 'fulfilled') slots.push({ i, id: `${tag.slice(0, 1)}${i}`, source: r.value, paused: false, enospc: 0, predictedMs: null });
+      if (r.status === 'fulfilled') slots.push({ i, id: `${tag.slice(0, 1)}${i}`, source: r.value, paused: false, enospc: 0, predictedMs: null, lat: new Map() });
     });
     const bad = sources.find((r) => r.status === 'rejected');
     if (bad) throw (bad as PromiseRejectedResult).reason;
@@ -431,6 +574,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
           id: sl.id,
           timeoutMs: s.timeoutMs,
           stallTimeoutMs: 30_000,
+          ...(!governed && s.ungovernedLinkFraction !== undefined ? capped(s.ungovernedLinkFraction * (s.linkBytesPerSec / s.k)) : {}),
         }),
     );
     migrations.forEach((m, j) => {
@@ -475,6 +619,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     }
 
     const watch = watchOmega(omega);
+    latency = watchLatency(slots, topology.nsAddr);
     t0 = performance.now();
     s.note(`${tag}: ${s.k} migrations start`);
     const abortAll = (): void => migrations.forEach((m) => void m.abort(`interrupted`));
@@ -504,6 +649,8 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     s.signal?.removeEventListener('abort', abortAll);
     const wallMs = performance.now() - t0;
     const omegaMinFreeBytes = await watch.stop();
+    await latency.stop();
+    latency = undefined;
     let govStats: ConcurrentRunReport['governor'];
     if (gov) {
       await gov.stop();
@@ -563,6 +710,8 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
           writeShareRatio: writeShareRatio(writeBytesPerSec, demandBytesPerSec, linkShareBytesPerSec),
           omegaBoundBytesPerSec,
           writeAllowedRatio: writeShareRatio(writeBytesPerSec, demandBytesPerSec, Math.min(linkShareBytesPerSec, omegaBoundBytesPerSec)),
+          phases: phaseLatency(sl),
+          writeVsUngoverned: null,
         };
       }),
     );
@@ -588,10 +737,12 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
       fleetWriteAllowedRatio: reports.some((r) => r.writeBytesPerSec === null)
         ? null
         : reports.reduce((a, r) => a + r.writeBytesPerSec!, 0) / reports.reduce((a, r) => a + Math.min(r.demandBytesPerSec, r.linkShareBytesPerSec, r.omegaBoundBytesPerSec), 0),
+      writeVsUngovernedMin: null,
       migrations: reports,
       ...(govStats ? { governor: govStats, timeline } : {}),
     };
   } finally {
+    await latency?.stop();
     await gov?.stop().catch(() => undefined);
     for (const sl of slots) {
       await sl.receiver?.kill().catch(() => undefined);
@@ -601,6 +752,17 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     await omega?.destroy().catch(() => undefined);
     if (govDir) await rm(govDir, { recursive: true, force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * The baseline guests' mean write rate, bytes/s, if the baseline can serve as "what the link
+ * allows": Ω did not bind it (no overflow, no paused guest) and every guest's counter was read.
+ */
+export function ungovernedCeiling(baseline: Pick<ConcurrentRunReport, 'overflow' | 'pausedGuests' | 'migrations'> | undefined): number | null {
+  if (!baseline || baseline.overflow || baseline.pausedGuests > 0 || baseline.migrations.length === 0) return null;
+  const w = baseline.migrations.map((m) => m.writeBytesPerSec);
+  if (w.some((x) => x === null || !(x > 0))) return null;
+  return (w as number[]).reduce((a, b) => a + b, 0) / w.length;
 }
 
 /** `dpa lab migrate-concurrent`: baseline and governed runs of K concurrent migrations. Root, QEMU. */
@@ -634,6 +796,7 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       zeroPageFraction: 0,
       ...(o.decisionLog !== undefined ? { decisionLog: o.decisionLog } : {}),
       overlayGrowth: o.governorOverlayGrowth ?? true,
+      ...(o.ungovernedLinkFraction !== undefined ? { ungovernedLinkFraction: o.ungovernedLinkFraction } : {}),
       note,
       ...(o.signal ? { signal: o.signal } : {}),
     };
@@ -649,6 +812,11 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
     }
     if (runs !== 'baseline') out.governed = await runFleetOn(s, topology, true);
     const g = out.governed;
+    const ungoverned = ungovernedCeiling(out.baseline);
+    if (g && ungoverned !== null) {
+      for (const m of g.migrations) m.writeVsUngoverned = m.writeBytesPerSec === null ? null : m.writeBytesPerSec / ungoverned;
+      g.writeVsUngovernedMin = g.migrations.some((m) => m.writeVsUngoverned === null) ? null : Math.min(...g.migrations.map((m) => m.writeVsUngoverned!));
+    }
     return {
       vms: s.k,
       omegaMib: o.omegaMib,
@@ -664,6 +832,8 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       predictionP90ErrorPct: g?.predictionP90ErrorPct ?? null,
       writeShareRatioMin: g?.writeShareRatioMin ?? null,
       writeAllowedRatioMin: g?.writeAllowedRatioMin ?? null,
+      writeVsUngovernedMin: g?.writeVsUngovernedMin ?? null,
+      ungovernedWriteBytesPerSec: ungoverned,
       baseline: out.baseline ? { completed: out.baseline.completed, overflow: out.baseline.overflow, pausedGuests: out.baseline.pausedGuests, writeShareRatioMin: out.baseline.writeShareRatioMin } : null,
       runs: out,
     };

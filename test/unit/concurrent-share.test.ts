@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { meanLinkShare, writeShareRatio } from '../../src/migrate/concurrent';
+import { meanLinkShare, ungovernedCeiling, writeShareRatio, type ConcurrentMigrationReport } from '../../src/migrate/concurrent';
 
 test('meanLinkShare: U/N(t) averaged over the migration, N counting the migrations in flight', () => {
   // Alone: the whole link.
@@ -52,4 +52,16 @@ test('writeShareRatio: write over the lesser of demand and link share', () => {
   assert.equal(writeShareRatio(80, 1000, 100), 0.8);
   assert.equal(writeShareRatio(null, 100, 100), null);
   assert.equal(writeShareRatio(5, 0, 100), null);
+});
+
+test('ungovernedCeiling: the baseline guests\' mean write rate, only when Ω did not bind the baseline', () => {
+  const m = (w: number | null): ConcurrentMigrationReport => ({ writeBytesPerSec: w }) as ConcurrentMigrationReport;
+  const ok = { overflow: false, pausedGuests: 0, migrations: [m(2e6), m(2.3e6), m(2.2e6)] };
+  assert.ok(Math.abs(ungovernedCeiling(ok)! - 6.5e6 / 3) < 1e-6);
+  assert.equal(ungovernedCeiling(undefined), null);
+  assert.equal(ungovernedCeiling({ ...ok, overflow: true }), null);
+  assert.equal(ungovernedCeiling({ ...ok, pausedGuests: 1 }), null);
+  assert.equal(ungovernedCeiling({ ...ok, migrations: [m(2e6), m(null)] }), null);
+  assert.equal(ungovernedCeiling({ ...ok, migrations: [m(2e6), m(0)] }), null);
+  assert.equal(ungovernedCeiling({ ...ok, migrations: [] }), null);
 });

@@ -21,6 +21,7 @@ test('checkConcurrentOptions: each option out of range is a RangeError naming it
     [{ migrationTimeoutS: 5 }, /^migrationTimeoutS:/],
     [{ governorReserveBytes: 8 * 1024 * 1024 }, /^governorReserveBytes:/],
     [{ runs: 'all' }, /^runs:/],
+    [{ ungovernedLinkFraction: 0.01 }, /^ungovernedLinkFraction: must be a number from 0.05 to 2/],
   ];
   for (const [patch, re] of bad) assert.throws(() => checkConcurrentOptions({ ...ok, ...patch } as never), (e: Error) => e instanceof RangeError && re.test(e.message), JSON.stringify(patch));
   assert.throws(() => checkConcurrentOptions({ vms: 3, omegaMib: 8 } as never), /linkMbit: required/);
