@@ -192,6 +192,28 @@ class LabOmega implements Omega {
 }
 
 /**
+ * Polls Ω's free space every `intervalMs` (default 100) until stop(), which resolves to the least
+ * seen, bytes (Infinity if no reading succeeded): how close a run came to an overflow.
+ */
+export function watchLeastFree(omega: Pick<Omega, 'freeBytes'>, intervalMs = 100): { stop(): Promise<number> } {
+  let min = Infinity;
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      min = Math.min(min, await omega.freeBytes().catch(() => Infinity));
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return min;
+    },
+  };
+}
+
+/**
  * Mounts a fresh Ω of `sizeBytes`. First removes leftovers of crashed runs (reapStaleOmega on
  * `dir`). Needs root (mount). The Ω is destroyed when this process exits if not before.
  */

@@ -12,7 +12,7 @@
 import type { GuestImage } from './guest-image';
 import type { Topology } from './netns';
 import { spawnInNs } from './netns';
-import { QemuProcess } from './vm';
+import { checkInt, QemuProcess } from './vm';
 
 export interface IncomingVmOptions {
   /** The same guest image as the source (kernel + initramfs; the ROMs must match in size). */
@@ -38,13 +38,6 @@ export interface IncomingVmOptions {
   /** Limit for QMP and the channel to connect, ms (1..600000; default 20000). */
   startTimeoutMs?: number;
   keepDir?: boolean;
-}
-
-function checkInt(name: string, v: unknown, min: number, max: number): void {
-  if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new RangeError(`${name}: must be an integer from ${min} to ${max} (got ${String(v)})`);
-  }
 }
 
 /** The guest channel is connected before the migration, so the guest finds its host end connected when it arrives. */

@@ -188,7 +188,8 @@ export async function launchQemu(dir: string, spawnQemu: () => ChildProcess, sta
   }
 }
 
-function checkInt(name: string, v: unknown, min: number, max: number): void {
+/** RangeError naming `name` unless `v` is undefined or an integer in min..max. */
+export function checkInt(name: string, v: unknown, min: number, max: number): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new RangeError(`${name}: must be an integer from ${min} to ${max} (got ${String(v)})`);

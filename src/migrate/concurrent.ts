@@ -55,7 +55,7 @@ import { Governor } from '../governor/governor';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
 import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
-import { createOmega, type Omega } from '../lab/omega';
+import { createOmega, watchLeastFree, type Omega } from '../lab/omega';
 import { RAM_PAD_KIB_FOR_TCG_MIGRATION } from '../lab/qemu-args';
 import { IncomingVm } from '../lab/target';
 import { LabVm } from '../lab/vm';
@@ -375,25 +375,6 @@ interface Slot {
   endMs?: number;
 }
 
-/** Ω's free space, polled: the least seen. */
-function watchOmega(omega: Omega): { stop(): Promise<number> } {
-  let min = Infinity;
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      min = Math.min(min, await omega.freeBytes().catch(() => Infinity));
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  })();
-  return {
-    async stop() {
-      stopped = true;
-      await loop;
-      return min;
-    },
-  };
-}
-
 /** The phase bucket of a slot right now, or null when its migration is not running. */
 function phaseOf(sl: Slot): string | null {
   if (sl.startMs === undefined || sl.endMs !== undefined) return null;
@@ -618,7 +599,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
       });
     }
 
-    const watch = watchOmega(omega);
+    const watch = watchLeastFree(omega);
     latency = watchLatency(slots, topology.nsAddr);
     t0 = performance.now();
     s.note(`${tag}: ${s.k} migrations start`);

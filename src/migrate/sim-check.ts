@@ -35,7 +35,7 @@ import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
 import { GuestPhysMemory } from '../lab/guest-ram';
 import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
-import { createOmega, type Omega } from '../lab/omega';
+import { createOmega, watchLeastFree, type Omega } from '../lab/omega';
 import { RAM_PAD_KIB_FOR_TCG_MIGRATION } from '../lab/qemu-args';
 import { IncomingVm } from '../lab/target';
 import { LabVm } from '../lab/vm';
@@ -389,25 +389,6 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Ω's least free space while it runs (statfs every 100 ms). */
-function watchOmega(omega: Omega): { stop(): Promise<number> } {
-  let min = Infinity;
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      min = Math.min(min, await omega.freeBytes().catch(() => Infinity));
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  })();
-  return {
-    async stop() {
-      stopped = true;
-      await loop;
-      return min;
-    },
-  };
-}
-
 const mean = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 function meanParts(ps: readonly PhaseParts[]): PhaseParts {
@@ -528,7 +509,7 @@ async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, gu
     if (sim.output.result.overflowed) fail('omegaBytes', 'too small for the unthrottled comparison with the measured inputs: the simulator fills Ω');
     note(`simulated: ${slots.map((sl) => `${sl.plan.id} ${sim.perVm[sl.plan.id]!.simulatedSec?.toFixed(2) ?? 'unfinished'} s`).join(', ')}`);
 
-    const watch = watchOmega(omega);
+    const watch = watchLeastFree(omega);
     const t0 = performance.now();
     const runs = slots.map(async (sl) => {
       await sleep(t0 + sl.plan.startSec * 1000 - performance.now(), o.signal);
