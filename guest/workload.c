@@ -8,9 +8,9 @@
  * is documented in guest/PROTOCOL.md; the host side is src/lab/guest-channel.ts.
  *
  * Threads: the main thread owns the channel (reads commands, writes replies and interval
- * reports); one thread dirties memory, one writes the disk. Each worker holds its own mutex
- * while it writes one tick's batch, so verification and reports taken under that mutex see a
- * consistent buffer.
+ * reports); one thread dirties memory, `queueDepth` threads (lanes) write the disk. Each
+ * worker holds its own lock while it writes one tick's batch (the disk lanes share theirs), so
+ * verification and reports taken under it see a consistent buffer.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -525,9 +525,23 @@ static int mem_alloc_buffer(uint64_t pages, uint64_t tag, char *err, size_t errc
 
 static const char *disk_path = "/dev/vda";
 
+#define MAX_DISK_LANES 64
+
+/* One lane = one writer thread with one write in flight: `lanes` of them give the device a queue
+ * depth of `lanes`, as a guest doing writeback or async I/O does. Lane l owns the region blocks
+ * b with b % lanes == l, so a block is never written by two lanes at once and its final content
+ * is always the generation its lane recorded last. */
 typedef struct {
-  pthread_mutex_t lock;
   pthread_t thread;
+  unsigned index;
+  sampler_t sampler; /* over the lane's own blocks, j -> block j * lanes + index */
+  uint64_t *iobuf;   /* block_bytes, 4 KiB aligned for O_DIRECT */
+} disk_lane_t;
+
+typedef struct {
+  /* Lanes hold it shared while they write a tick's batch; verification, summaries and reports
+   * hold it exclusive, so they see every block at the generation recorded for it. */
+  pthread_rwlock_t lock;
   volatile bool running, stop_requested;
   int fd;
   bool direct;
@@ -536,13 +550,13 @@ typedef struct {
   uint64_t tag;
   enum pattern pat;
   double rate, zipf_s;
-  sampler_t sampler;
-  uint64_t *iobuf; /* block_bytes, 4 KiB aligned for O_DIRECT */
-  uint64_t total_writes, interval_writes, total_syncs;
+  unsigned lanes;
+  disk_lane_t lane[MAX_DISK_LANES];
+  uint64_t total_writes, interval_writes, total_syncs; /* updated atomically by the lanes */
   int last_errno;
 } disk_t;
 
-static disk_t disk = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
+static disk_t disk = { .lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP, .fd = -1, .lanes = 1 };
 
 static void disk_fill_block(uint64_t *w, uint64_t block, uint64_t gen) {
   uint64_t off = disk.offset_bytes + block * disk.block_bytes;
@@ -551,42 +565,53 @@ static void disk_fill_block(uint64_t *w, uint64_t block, uint64_t gen) {
     fill_unit(w + s * WORDS_PER_PAGE, DISK_MAGIC, off + s * PAGE_BYTES, gen, disk.tag);
 }
 
+static uint64_t disk_lane_blocks(unsigned index) {
+  return (disk.region_blocks - index + disk.lanes - 1) / disk.lanes;
+}
+
 static void *disk_thread(void *arg) {
-  (void)arg;
+  disk_lane_t *lane = arg;
   pacer_t pace;
-  pacer_init(&pace, disk.rate, 256);
+  pacer_init(&pace, disk.rate / disk.lanes, 256);
   while (!disk.stop_requested) {
-    pthread_mutex_lock(&disk.lock);
+    pthread_rwlock_rdlock(&disk.lock);
     uint64_t due = pacer_due(&pace), ok = 0;
     for (uint64_t k = 0; k < due; k++) {
-      uint64_t b = sampler_next(&disk.sampler);
+      uint64_t b = sampler_next(&lane->sampler) * disk.lanes + lane->index;
       uint64_t g = disk.gen[b] + 1;
-      disk_fill_block(disk.iobuf, b, g);
-      ssize_t n = pwrite(disk.fd, disk.iobuf, disk.block_bytes, (off_t)(disk.offset_bytes + b * disk.block_bytes));
-      if (n != (ssize_t)disk.block_bytes) { disk.last_errno = n < 0 ? errno : EIO; break; }
+      disk_fill_block(lane->iobuf, b, g);
+      ssize_t n = pwrite(disk.fd, lane->iobuf, disk.block_bytes, (off_t)(disk.offset_bytes + b * disk.block_bytes));
+      if (n != (ssize_t)disk.block_bytes) { __atomic_store_n(&disk.last_errno, n < 0 ? errno : EIO, __ATOMIC_RELAXED); break; }
       disk.gen[b] = g;
       ok++;
     }
     /* Buffered mode makes each tick's batch durable before it counts as done, so the host sees
      * the writes reach QEMU at (about) the requested rate rather than at writeback time. */
     if (ok && !disk.direct) {
-      if (fdatasync(disk.fd) != 0) disk.last_errno = errno;
-      disk.total_syncs++;
+      if (fdatasync(disk.fd) != 0) __atomic_store_n(&disk.last_errno, errno, __ATOMIC_RELAXED);
+      __atomic_fetch_add(&disk.total_syncs, 1, __ATOMIC_RELAXED);
     }
-    disk.total_writes += ok;
-    disk.interval_writes += ok;
-    pthread_mutex_unlock(&disk.lock);
+    __atomic_fetch_add(&disk.total_writes, ok, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&disk.interval_writes, ok, __ATOMIC_RELAXED);
+    pthread_rwlock_unlock(&disk.lock);
     pacer_sleep(&pace);
   }
   return NULL;
 }
 
+static void disk_free_lanes(void) {
+  for (unsigned l = 0; l < MAX_DISK_LANES; l++) {
+    sampler_free(&disk.lane[l].sampler);
+    free(disk.lane[l].iobuf);
+    disk.lane[l].iobuf = NULL;
+  }
+}
+
 static void disk_stop(void) {
   if (!disk.running) return;
   disk.stop_requested = true;
-  pthread_join(disk.thread, NULL);
+  for (unsigned l = 0; l < disk.lanes; l++) pthread_join(disk.lane[l].thread, NULL);
   disk.running = false;
-  sampler_free(&disk.sampler);
   if (disk.fd >= 0) fdatasync(disk.fd);
 }
 
@@ -624,14 +649,14 @@ static void mem_summary(sb_t *b) {
 }
 
 static void disk_summary(sb_t *b) {
-  pthread_mutex_lock(&disk.lock);
+  pthread_rwlock_wrlock(&disk.lock);
   sb_printf(b, "\"disk\":{\"running\":%s,\"blockBytes\":%" PRIu64 ",\"regionBlocks\":%" PRIu64 ",\"offsetBytes\":%" PRIu64
-               ",\"mode\":\"%s\",\"pattern\":\"%s\",\"totalWrites\":%" PRIu64 ",\"totalSyncs\":%" PRIu64 ",\"lastError\":",
+               ",\"mode\":\"%s\",\"pattern\":\"%s\",\"queueDepth\":%u,\"totalWrites\":%" PRIu64 ",\"totalSyncs\":%" PRIu64 ",\"lastError\":",
             disk.running ? "true" : "false", disk.block_bytes, disk.region_blocks, disk.offset_bytes,
-            disk.direct ? "direct" : "fsync", pattern_name(disk.pat), disk.total_writes, disk.total_syncs);
+            disk.direct ? "direct" : "fsync", pattern_name(disk.pat), disk.lanes, disk.total_writes, disk.total_syncs);
   if (disk.last_errno) sb_json_string(b, strerror(disk.last_errno)); else sb_printf(b, "null");
   sb_printf(b, "}");
-  pthread_mutex_unlock(&disk.lock);
+  pthread_rwlock_unlock(&disk.lock);
 }
 
 static void cmd_mem_start(sb_t *b, int64_t id, const jobj_t *o) {
@@ -684,6 +709,7 @@ static void cmd_disk_start(sb_t *b, int64_t id, const jobj_t *o) {
   double rate = jnum(o, "blocksPerSec", 100, 0, 1e7, err, sizeof err);
   double zs = jnum(o, "zipfS", 1.0, 0.0, 10.0, err, sizeof err);
   uint64_t seed = (uint64_t)jint(o, "seed", 1, 0, INT64_C(9007199254740991), err, sizeof err);
+  unsigned lanes = (unsigned)jint(o, "queueDepth", 1, 1, MAX_DISK_LANES, err, sizeof err);
   const char *mode = jstr(o, "mode", "direct");
   enum pattern pat;
   if (!*err && parse_pattern(jstr(o, "pattern", "sequential"), &pat)) snprintf(err, sizeof err, "pattern must be uniform, sequential or zipf");
@@ -694,20 +720,19 @@ static void cmd_disk_start(sb_t *b, int64_t id, const jobj_t *o) {
     uint64_t fit = (dev_bytes - off) / bb;
     if (!region) region = fit;
     if (!region || region > fit) snprintf(err, sizeof err, "regionBlocks must be in [1, %" PRIu64 "] for this disk", fit);
+    else if (region < lanes) snprintf(err, sizeof err, "queueDepth must be <= regionBlocks (%" PRIu64 ")", region);
   }
   if (*err) { reply_err(b, id, err); return; }
   disk_stop();
-  pthread_mutex_lock(&disk.lock);
+  pthread_rwlock_wrlock(&disk.lock);
   bool direct = !strcmp(mode, "direct");
   /* Same geometry: keep the generations, so verification covers every run since. */
   bool same = disk.gen && disk.block_bytes == bb && disk.region_blocks == region && disk.offset_bytes == off;
   if (!same) {
     free(disk.gen);
-    free(disk.iobuf);
     disk.gen = calloc(region, sizeof *disk.gen);
-    disk.iobuf = NULL;
-    if (!disk.gen || posix_memalign((void **)&disk.iobuf, PAGE_BYTES, bb)) {
-      pthread_mutex_unlock(&disk.lock);
+    if (!disk.gen) {
+      pthread_rwlock_unlock(&disk.lock);
       reply_err(b, id, "out of memory");
       return;
     }
@@ -722,22 +747,30 @@ static void cmd_disk_start(sb_t *b, int64_t id, const jobj_t *o) {
     disk.fd = open(disk_path, O_RDWR | O_CLOEXEC | (direct ? O_DIRECT : 0));
     if (disk.fd < 0) {
       snprintf(err, sizeof err, "open %s: %s", disk_path, strerror(errno));
-      pthread_mutex_unlock(&disk.lock);
+      pthread_rwlock_unlock(&disk.lock);
       reply_err(b, id, err);
       return;
     }
   }
-  disk.direct = direct; disk.pat = pat; disk.rate = rate; disk.zipf_s = zs;
-  if (sampler_init(&disk.sampler, pat, region, zs, seed)) {
-    pthread_mutex_unlock(&disk.lock);
-    reply_err(b, id, "out of memory for the zipf table");
-    return;
+  disk.direct = direct; disk.pat = pat; disk.rate = rate; disk.zipf_s = zs; disk.lanes = lanes;
+  disk_free_lanes();
+  for (unsigned l = 0; l < lanes; l++) {
+    disk_lane_t *lane = &disk.lane[l];
+    lane->index = l;
+    /* lane 0 keeps the run's seed, so queueDepth 1 writes exactly what it always did */
+    if (posix_memalign((void **)&lane->iobuf, PAGE_BYTES, bb) || sampler_init(&lane->sampler, pat, disk_lane_blocks(l), zs, seed + l * 0x9e3779b97f4a7c15ull)) {
+      lane->iobuf = NULL;
+      disk_free_lanes();
+      pthread_rwlock_unlock(&disk.lock);
+      reply_err(b, id, "out of memory for the disk lanes");
+      return;
+    }
   }
   disk.last_errno = 0;
   disk.stop_requested = false;
   disk.running = true;
-  pthread_create(&disk.thread, NULL, disk_thread, NULL);
-  pthread_mutex_unlock(&disk.lock);
+  for (unsigned l = 0; l < lanes; l++) pthread_create(&disk.lane[l].thread, NULL, disk_thread, &disk.lane[l]);
+  pthread_rwlock_unlock(&disk.lock);
   sb_printf(b, "{\"id\":%" PRId64 ",\"ok\":true,", id);
   disk_summary(b);
   sb_printf(b, "}");
@@ -769,7 +802,7 @@ static void verify_mem(sb_t *b) {
 /* Reads back every region block this run wrote (generation > 0) with O_DIRECT, so the check sees
  * what the device returns, not the page cache. */
 static void verify_disk(sb_t *b) {
-  pthread_mutex_lock(&disk.lock);
+  pthread_rwlock_wrlock(&disk.lock);
   uint64_t checked = 0, bad = 0, reported = 0;
   sb_t bads = {0};
   int err = 0;
@@ -798,7 +831,7 @@ static void verify_disk(sb_t *b) {
   if (err) sb_json_string(b, strerror(err)); else sb_printf(b, "null");
   sb_printf(b, "}");
   free(bads.p);
-  pthread_mutex_unlock(&disk.lock);
+  pthread_rwlock_unlock(&disk.lock);
 }
 
 static void cmd_verify(sb_t *b, int64_t id, const jobj_t *o) {
@@ -889,13 +922,13 @@ static void send_interval(sb_t *b) {
     mem.interval_writes = 0;
   }
   pthread_mutex_unlock(&mem.lock);
-  pthread_mutex_lock(&disk.lock);
+  pthread_rwlock_wrlock(&disk.lock);
   if (disk.gen) {
     sb_printf(b, ",\"disk\":{\"running\":%s,\"writes\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"totalWrites\":%" PRIu64 "}",
               disk.running ? "true" : "false", disk.interval_writes, disk.interval_writes * disk.block_bytes, disk.total_writes);
     disk.interval_writes = 0;
   }
-  pthread_mutex_unlock(&disk.lock);
+  pthread_rwlock_unlock(&disk.lock);
   sb_printf(b, "}");
   send_line(b);
 }

@@ -47,6 +47,13 @@ export interface DiskWorkloadParams {
   seed?: number;
   /** 'direct': O_DIRECT writes; 'fsync': buffered writes made durable every 10 ms batch. Default 'direct'. */
   mode?: 'direct' | 'fsync';
+  /**
+   * Writes in flight (1..64, ≤ regionBlocks; default 1): that many writer threads, each paced at
+   * blocksPerSec / queueDepth and owning the blocks b with b % queueDepth equal to its index, as a
+   * guest doing writeback or async I/O keeps several writes queued. At 1 each write waits for the
+   * previous one, so the rate is bound by the write latency.
+   */
+  queueDepth?: number;
 }
 
 /** The guest's first line, once its workload has opened the port. */
@@ -85,6 +92,8 @@ export interface DiskSummary {
   offsetBytes: number;
   mode: 'direct' | 'fsync';
   pattern: AccessPattern;
+  /** Writer threads, each with one write in flight. */
+  queueDepth: number;
   totalWrites: number;
   /** fdatasync calls (fsync mode). */
   totalSyncs: number;
@@ -199,7 +208,7 @@ export function checkMemParams(p: MemWorkloadParams): void {
 
 /** Throws RangeError/TypeError naming the first bad option (the disk size is checked by the guest). */
 export function checkDiskParams(p: DiskWorkloadParams): void {
-  checkKnown('disk workload', p, ['blockBytes', 'offsetBytes', 'regionBlocks', 'blocksPerSec', 'pattern', 'zipfS', 'seed', 'mode']);
+  checkKnown('disk workload', p, ['blockBytes', 'offsetBytes', 'regionBlocks', 'blocksPerSec', 'pattern', 'zipfS', 'seed', 'mode', 'queueDepth']);
   checkNumber('blockBytes', p.blockBytes, 4096, 1 << 20, true);
   if (p.blockBytes !== undefined && p.blockBytes % 4096 !== 0) throw new RangeError(`blockBytes: must be a multiple of 4096 (got ${p.blockBytes})`);
   checkNumber('offsetBytes', p.offsetBytes, 0, MAX_SEED, true);
@@ -210,6 +219,10 @@ export function checkDiskParams(p: DiskWorkloadParams): void {
   checkNumber('zipfS', p.zipfS, 0, 10, false);
   checkNumber('seed', p.seed, 0, MAX_SEED, true);
   checkEnum('mode', p.mode, ['direct', 'fsync'] as const);
+  checkNumber('queueDepth', p.queueDepth, 1, 64, true);
+  if (p.queueDepth !== undefined && p.regionBlocks && p.queueDepth > p.regionBlocks) {
+    throw new RangeError(`queueDepth: must be ≤ regionBlocks (${p.regionBlocks}) (got ${p.queueDepth})`);
+  }
 }
 
 export function checkReportSettings(p: ReportSettings): void {

@@ -19,6 +19,7 @@
  * Everything is done with ip(8)/tc(8) through execFile argument arrays; every name is checked
  * against a strict pattern before it reaches a command line.
  */
+import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import * as net from 'node:net';
@@ -223,6 +224,12 @@ export interface TopologyOptions {
   /** IPv4 pool the /30 is taken from, prefix length 8..30; default '10.231.0.0/16'. */
   pool?: string;
   /**
+   * TCP congestion control for connections across the link, both ways (the /30's routes get
+   * `congctl`; the host's own setting is left alone), one of the kernel's
+   * tcp_available_congestion_control, e.g. 'cubic'. Default: the host's (this machine: bbr).
+   */
+  congestionControl?: string;
+  /**
    * Outlive this process (owner pid 0 in the names): not destroyed at exit, not reaped.
    * For `dpa lab net up`. Default false.
    */
@@ -250,6 +257,8 @@ export interface Topology {
   readonly burstBytes: number;
   /** tbf maximum queueing delay, ms. */
   readonly latencyMs: number;
+  /** Congestion control pinned on the link's routes, or null: each end's default. */
+  readonly congestionControl: string | null;
   /** True between cut() and restore(). */
   readonly isCut: boolean;
   readonly destroyed: boolean;
@@ -335,6 +344,7 @@ class LabTopology implements Topology {
   linkMbit: number;
   burstBytes: number;
   latencyMs: number;
+  congestionControl: string | null = null;
   isCut = false;
   destroyed = false;
   private readonly burstAuto: boolean;
@@ -379,6 +389,8 @@ class LabTopology implements Topology {
     await run('ip', ['-n', this.nsName, 'link', 'set', 'dev', this.nsIf, 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await waitOperUp(this.nsName, this.nsIf, 5_000);
     await waitOperUp(null, this.hostIf, 5_000);
+    // The namespace's connected route went with its link and came back without `congctl`.
+    if (this.congestionControl) await run('ip', ['-n', this.nsName, ...congctlRouteArgs(this.subnet, this.nsIf, this.nsAddr, this.congestionControl)], { timeoutMs: CMD_TIMEOUT_MS });
     this.isCut = false;
   }
 
@@ -427,8 +439,8 @@ class LabTopology implements Topology {
   }
 
   toJSON(): Record<string, unknown> {
-    const { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, isCut } = this;
-    return { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, isCut };
+    const { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, congestionControl, isCut } = this;
+    return { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, congestionControl, isCut };
   }
 }
 
@@ -473,7 +485,30 @@ async function mustYield(hostIf: string, subnet: Cidr): Promise<boolean> {
   return false;
 }
 
-function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number; burstBytes: number | undefined; latencyMs: number; pool: Cidr; persistent: boolean } {
+/** `ip route replace` arguments giving the /30's connected route on `dev` this congestion control. */
+function congctlRouteArgs(subnet: string, dev: string, src: string, cc: string): string[] {
+  return ['route', 'replace', subnet, 'dev', dev, 'proto', 'kernel', 'scope', 'link', 'src', src, 'congctl', cc];
+}
+
+/** The kernel's tcp_available_congestion_control. */
+export function availableCongestionControls(): string[] {
+  try {
+    return readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+function checkCongestionControl(cc: unknown): string | null {
+  if (cc === undefined) return null;
+  const avail = availableCongestionControls();
+  if (typeof cc !== 'string' || !avail.includes(cc)) {
+    throw new RangeError(`congestionControl: must be one of this kernel's ${avail.join(', ') || '(none readable)'} (got ${JSON.stringify(cc)})`);
+  }
+  return cc;
+}
+
+function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number; burstBytes: number | undefined; latencyMs: number; pool: Cidr; persistent: boolean; congestionControl: string | null } {
   if (typeof opts !== 'object' || opts === null) throw new TypeError('createTopology: options must be an object');
   const prefix = checkPrefix(opts.name ?? DEFAULT_PREFIX);
   const linkMbit = checkMbit('linkMbit', opts.linkMbit);
@@ -492,7 +527,8 @@ function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number
     throw new TypeError(`pool: must be an IPv4 CIDR like '10.231.0.0/16' (got ${JSON.stringify(opts.pool)})`);
   }
   if (pool.prefixLen < 8 || pool.prefixLen > 30) throw new RangeError(`pool: prefix length must be from 8 to 30 (got /${pool.prefixLen})`);
-  return { prefix, linkMbit, burstBytes, latencyMs, pool, persistent: opts.persistent === true };
+  const congestionControl = checkCongestionControl(opts.congestionControl);
+  return { prefix, linkMbit, burstBytes, latencyMs, pool, persistent: opts.persistent === true, congestionControl };
 }
 
 /**
@@ -561,6 +597,13 @@ export async function createTopology(options: TopologyOptions): Promise<Topology
     await run('ip', ['link', 'set', 'dev', topo.hostIf, 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await waitOperUp(null, topo.hostIf, 5_000);
     await waitOperUp(ns, topo.nsIf, 5_000);
+    // The connected routes exist once the links are up; pinning the algorithm there keeps the
+    // host's own setting untouched.
+    if (o.congestionControl) {
+      await run('ip', congctlRouteArgs(topo.subnet, topo.hostIf, topo.hostAddr, o.congestionControl), { timeoutMs: CMD_TIMEOUT_MS });
+      await run('ip', ['-n', ns, ...congctlRouteArgs(topo.subnet, topo.nsIf, topo.nsAddr, o.congestionControl)], { timeoutMs: CMD_TIMEOUT_MS });
+      topo.congestionControl = o.congestionControl;
+    }
     return topo;
   } catch (err) {
     await topo.destroy().catch(() => undefined);
@@ -687,6 +730,8 @@ export async function openTopology(nsName: string, prefix: string = DEFAULT_PREF
   topo.nsAddr = info.nsAddr;
   topo.subnet = formatCidr({ base: ipToInt(info.hostAddr) & maskOf(30), prefixLen: 30 });
   topo.isCut = info.nsState === 'DOWN';
+  const routes = await ignoreGone(runJson<Array<{ metrics?: Array<{ congestion?: string }> }>>('ip', ['-j', 'route', 'show', topo.subnet, 'dev', topo.hostIf], { timeoutMs: CMD_TIMEOUT_MS }), []);
+  topo.congestionControl = routes.flatMap((r) => r.metrics ?? []).find((m) => m.congestion)?.congestion ?? null;
   return topo;
 }
 

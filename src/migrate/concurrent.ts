@@ -90,6 +90,12 @@ export interface ConcurrentOptions {
   diskBlockBytes?: number;
   /** Guest disk writes per second (1..10000; default 64: 4 MiB/s with 64 KiB blocks). */
   diskWritesPerSec?: number;
+  /**
+   * Guest disk writes in flight (1..64, default 1): writer threads in the guest, each with one
+   * O_DIRECT write outstanding (DiskWorkloadParams.queueDepth). From the mirror on every write
+   * waits for a round trip over the link, so at 1 the guest's rate is bound by that latency.
+   */
+  diskQueueDepth?: number;
   /** Guest memory workload buffer, MiB (1..64; default 8). */
   memMib?: number;
   /** Guest page writes per second (0..100000; default 500). */
@@ -131,6 +137,7 @@ export const CONCURRENT_LIMITS = {
   guestMib: [96, 1024],
   diskMib: [8, 1024],
   diskWritesPerSec: [1, 10_000],
+  diskQueueDepth: [1, 64],
   memMib: [1, 64],
   memWritePagesPerSec: [0, 100_000],
   migrationTimeoutS: [10, 3600],
@@ -243,7 +250,7 @@ export interface ConcurrentReport {
   linkMbit: number;
   /** Measured TCP goodput of the link (one stream), bytes/s. */
   linkBytesPerSec: number;
-  guest: { guestMib: number; diskMib: number; diskRegionMib: number; diskWriteBytesPerSec: number; memWritePagesPerSec: number };
+  guest: { guestMib: number; diskMib: number; diskRegionMib: number; diskWriteBytesPerSec: number; diskQueueDepth: number; memWritePagesPerSec: number };
   /** Ω the governor planned with, bytes. */
   governorOmegaBytes: number;
   /** Overlay growth the guests would make over the base copy, bytes: Σ min(region, rate × baseSec). */
@@ -285,6 +292,7 @@ export function checkConcurrentOptions(o: ConcurrentOptions): void {
   checkNum('diskBlockBytes', o.diskBlockBytes, 4096, 1 << 20);
   if (o.diskBlockBytes !== undefined && o.diskBlockBytes % 4096 !== 0) throw new RangeError(`diskBlockBytes: must be a multiple of 4096 (got ${o.diskBlockBytes})`);
   checkNum('diskWritesPerSec', o.diskWritesPerSec, CONCURRENT_LIMITS.diskWritesPerSec[0], CONCURRENT_LIMITS.diskWritesPerSec[1], false);
+  checkNum('diskQueueDepth', o.diskQueueDepth, ...CONCURRENT_LIMITS.diskQueueDepth);
   checkNum('memMib', o.memMib, ...CONCURRENT_LIMITS.memMib);
   checkNum('memWritePagesPerSec', o.memWritePagesPerSec, CONCURRENT_LIMITS.memWritePagesPerSec[0], CONCURRENT_LIMITS.memWritePagesPerSec[1], false);
   checkNum('migrationTimeoutS', o.migrationTimeoutS, ...CONCURRENT_LIMITS.migrationTimeoutS);
@@ -338,6 +346,7 @@ interface Settings {
   regionMib: number;
   blockBytes: number;
   writesPerSec: number;
+  queueDepth: number;
   memMib: number;
   memRate: number;
   omegaBytes: number;
@@ -521,7 +530,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     await Promise.all(
       slots.map(async (sl) => {
         await sl.source.memStart({ mib: s.memMib, pattern: 'uniform', ratePagesPerSec: s.memRate, seed: sl.i + 1 });
-        await sl.source.diskStart({ blockBytes: s.blockBytes, regionBlocks: (s.regionMib * MiB) / s.blockBytes, blocksPerSec: s.writesPerSec, pattern: 'sequential', mode: 'direct', seed: sl.i + 1 });
+        await sl.source.diskStart({ blockBytes: s.blockBytes, regionBlocks: (s.regionMib * MiB) / s.blockBytes, blocksPerSec: s.writesPerSec, pattern: 'sequential', mode: 'direct', seed: sl.i + 1, queueDepth: s.queueDepth });
       }),
     );
 
@@ -767,6 +776,7 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       regionMib,
       blockBytes,
       writesPerSec: o.diskWritesPerSec ?? 64,
+      queueDepth: o.diskQueueDepth ?? 1,
       memMib: o.memMib ?? 8,
       memRate: o.memWritePagesPerSec ?? 500,
       omegaBytes: o.omegaMib * MiB,
@@ -803,7 +813,7 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       omegaMib: o.omegaMib,
       linkMbit: o.linkMbit,
       linkBytesPerSec: link.bytesPerSec,
-      guest: { guestMib: s.guestMib, diskMib, diskRegionMib: regionMib, diskWriteBytesPerSec: writeBps, memWritePagesPerSec: s.memRate },
+      guest: { guestMib: s.guestMib, diskMib, diskRegionMib: regionMib, diskWriteBytesPerSec: writeBps, diskQueueDepth: s.queueDepth, memWritePagesPerSec: s.memRate },
       governorOmegaBytes: s.governorOmegaBytes,
       unthrottledOverlayEstimateBytes: estimate,
       completed: g?.completed ?? null,

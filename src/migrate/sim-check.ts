@@ -99,6 +99,11 @@ export interface SimCheckOptions {
   migrationTimeoutS?: number;
   /** tbf queue of the lab link, ms of the link's rate (1..1000; default 50, the lab topology's). */
   linkLatencyMs?: number;
+  /**
+   * TCP congestion control on the lab link (TopologyOptions.congestionControl; default 'cubic',
+   * Linux's default; 'host' = this host's own setting).
+   */
+  congestionControl?: string;
   /** Lab runs, each on fresh guests, link and Ω (1..5; default 1): the lab is noisy, the simulator is not. */
   runs?: number;
   /** Also report each lab migration's progress every 100 ms (SimCheckVm.trace), for diagnosis. */
@@ -455,7 +460,12 @@ async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, gu
   const labModel = { ...LAB_MODEL, ...(o.labModel ?? {}) };
   const timeoutMs = (o.migrationTimeoutS ?? 180) * 1000;
   const load0 = loadavg()[0]!;
-  const topology: Topology = await createTopology({ linkMbit: plan.linkMbit, ...(o.linkLatencyMs !== undefined ? { latencyMs: o.linkLatencyMs } : {}) });
+  const cc = o.congestionControl ?? 'cubic';
+  const topology: Topology = await createTopology({
+    linkMbit: plan.linkMbit,
+    ...(o.linkLatencyMs !== undefined ? { latencyMs: o.linkLatencyMs } : {}),
+    ...(cc !== 'host' ? { congestionControl: cc } : {}),
+  });
   const slots: Slot[] = [];
   let omega: Omega | undefined;
   try {

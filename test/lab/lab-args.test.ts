@@ -124,9 +124,12 @@ test('workload options are checked with errors naming the option and its range',
   assert.throws(() => checkMemParams({ rate: 5 } as never), /^TypeError: mem workload: unknown option 'rate'/);
   assert.throws(() => checkDiskParams({ offsetBytes: 100 }), /offsetBytes: must be a multiple of 4096/);
   assert.throws(() => checkDiskParams({ mode: 'sync' as never }), /mode: must be one of direct, fsync/);
+  assert.throws(() => checkDiskParams({ queueDepth: 0 }), /^RangeError: queueDepth: must be an integer from 1 to 64/);
+  assert.throws(() => checkDiskParams({ queueDepth: 65 }), /queueDepth: must be an integer from 1 to 64/);
+  assert.throws(() => checkDiskParams({ queueDepth: 8, regionBlocks: 4 }), /queueDepth: must be ≤ regionBlocks \(4\)/);
   assert.throws(() => checkReportSettings({ intervalMs: 5 }), /intervalMs: must be 0 \(off\) or from 10/);
   checkMemParams({ mib: 4, hotPages: 1024, pattern: 'zipf', zipfS: 0, seed: 0, ratePagesPerSec: 0 });
-  checkDiskParams({ blockBytes: 8192, offsetBytes: 4096, mode: 'fsync', pattern: 'uniform' });
+  checkDiskParams({ blockBytes: 8192, offsetBytes: 4096, mode: 'fsync', pattern: 'uniform', queueDepth: 64 });
 });
 
 test('LabVm.start refuses bad options before creating anything', async () => {

@@ -152,6 +152,7 @@ test('bad options are refused with the option and its range before any command r
   await assert.rejects(createTopology({ linkMbit: 10, latencyMs: 0 }), /latencyMs: must be an integer from 1 to 10000 ms/);
   await assert.rejects(createTopology({ linkMbit: 10, pool: '10.0.0.0/31' }), /pool: prefix length must be from 8 to 30/);
   await assert.rejects(createTopology({ linkMbit: 10, pool: '10.0.0/16' }), /pool: must be an IPv4 CIDR/);
+  await assert.rejects(createTopology({ linkMbit: 10, congestionControl: 'warp' }), { name: 'RangeError', message: /congestionControl: must be one of this kernel's .*cubic.* \(got "warp"\)/ });
   assert.throws(() => spawnInNs('ns; rm -rf /', 'true'), /namespace name: must match/);
   assert.throws(() => spawnInNs('-n', 'true'), TypeError);
   assert.throws(() => spawnInNs('dpa1-1', '--help'), /cmd: must be a non-empty string not starting with '-'/);
@@ -399,6 +400,41 @@ test('lab topology: namespace + tbf-shaped veth, on the real kernel', labPrereq(
     assert.equal(topo.destroyed, true);
     await assert.rejects(topo.setRate(10), /was destroyed/);
   });
+});
+
+test('congestionControl pins the algorithm on the link\'s connections only, and survives a cut', labPrereq(), async () => {
+  const hostDefault = readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
+  const other = readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/).find((a) => a !== hostDefault);
+  assert.ok(other, `the kernel offers only ${hostDefault}`);
+  const topo = await createTopology({ linkMbit: 50, congestionControl: other });
+  const sink = await startNsSink(topo);
+  const local = net.createServer((c) => c.resume());
+  try {
+    assert.equal(topo.congestionControl, other);
+    await new Promise<void>((r) => local.listen(0, '127.0.0.1', r));
+    const algoOf = async (dst: string, port: number): Promise<string> => {
+      const out = (await run('ss', ['-tinH', 'state', 'established', 'dst', `${dst}:${port}`])).stdout;
+      const m = /^\s+(\w+)\s/m.exec(out);
+      assert.ok(m, `no established connection to ${dst}:${port} in ss:\n${out}`);
+      return m[1]!;
+    };
+    const across = net.connect({ host: sink.host, port: sink.port, localAddress: topo.hostAddr });
+    const loop = net.connect({ host: '127.0.0.1', port: (local.address() as net.AddressInfo).port });
+    await Promise.all([across, loop].map((c) => new Promise<void>((r, j) => c.once('connect', () => r()).once('error', j))));
+    assert.equal(await algoOf(sink.host, sink.port), other, 'across the link: the pinned algorithm');
+    assert.equal(await algoOf('127.0.0.1', (local.address() as net.AddressInfo).port), hostDefault, "elsewhere: the host's own");
+    across.destroy();
+    loop.destroy();
+    // The namespace's connected route is rebuilt by the kernel when its link comes back: restore() pins it again.
+    await topo.cut();
+    await topo.restore();
+    const nsRoutes = await runJson<Array<{ metrics?: Array<{ congestion?: string }> }>>('ip', ['-n', topo.nsName, '-j', 'route', 'show', topo.subnet]);
+    assert.deepEqual(nsRoutes.flatMap((r) => r.metrics ?? []).map((m) => m.congestion), [other]);
+  } finally {
+    local.close();
+    await sink.close();
+    await topo.destroy();
+  }
 });
 
 test('concurrent topologies get distinct names and disjoint /30s', labPrereq(), async () => {
