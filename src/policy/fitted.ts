@@ -24,11 +24,22 @@
  * the migrations in each constraint that becomes tight — is available, fairer, and measured
  * slightly worse on write retention.) If even γ_SLA for all cannot fit, all get γ_SLA.
  *
- * Apply: the plan assumes today's demands forever, but demand often drops, and throttling early
- * for bytes that are never written loses them for good; so a solved λ ≥ 40 % is not applied at
- * all, λ ≤ 10 % as is, linear in between (throttle when it must, not before). Safety does not rest
- * on the projection: a brake caps the total write rate so that the next 3 s of writes (or until
- * each migration's projected end) fit in what is left of Ω less the margin. A guest whose
+ * Apply: the plan assumes today's demands (and link) forever, but demand often drops and links
+ * speed up, and throttling early for bytes that are never written loses them for good. Two rules
+ * follow. The gate: the plan is not in force while the guests, writing at today's demand for
+ * `gateHorizonSec` (default: until the next scheduled re-solve), would keep Σ overlays within
+ * `gateFraction` (70 %) of the budget; until then only the brake acts, and the plan is re-solved
+ * the moment the gate closes, on what is left of Ω. The bet costs no bytes when the demand does
+ * last (the plan then spreads the rest of Ω over the rest of the time: the same bytes, with later
+ * throttles up to ~3× harsher, 30 % of Ω instead of all of it), and it keeps every byte of a
+ * burst that ends, or of a link that speeds up, before the gate closes; the 30 % kept back is what
+ * lets the plan still steer Ω to the migrations that end first. It is not taken when it would
+ * last less than a re-solve interval (Ω about to fill within seconds: the plan applies at once).
+ * Measured in docs/BENCHMARKS.md ("Targets on random scenarios"). The deferral: a solved λ ≥ 40 %
+ * is not applied at all, λ ≤ 10 % as is, linear in between (throttle when it must, not before).
+ * Safety does not rest on the projection: a brake caps the total write rate so that the next 3 s
+ * of writes (or until each migration's projected end) fit in what is left of Ω less the margin
+ * (it acts whether the gate is open or not). A guest whose
  * demand is under its γ is not throttled (null). The plan and the brake keep the same margin (1 %
  * of Ω): the brake's reserve is the safety, and a plan that kept a further margin of its own
  * (it used to keep 2 %, the brake 1 %) only left Ω unwritten at every end it planned for
@@ -84,10 +95,21 @@ export interface FittedOptions {
   brakeHorizonSec?: number;
   /** Longest time between full solves, seconds (> 0, default 15). */
   resolveEverySec?: number;
+  /**
+   * Plan gate (0..1, default 0.7; 0 = the plan always applies): the solved throttles are put in
+   * force only once the guests, writing at their current demand for `gateHorizonSec`, would take Σ
+   * overlays past this fraction of the budget Ω·(1 − margin). Below it the plan is a bet on
+   * today's demand lasting; see the module comment.
+   */
+  gateFraction?: number;
+  /** Look-ahead of the plan gate, seconds (≥ 0, default `resolveEverySec`). */
+  gateHorizonSec?: number;
 }
 
 /** Default of FittedOptions.tieFraction. */
 export const DEFAULT_TIE_FRACTION = 0.02;
+/** Default of FittedOptions.gateFraction. */
+export const DEFAULT_GATE_FRACTION = 0.7;
 
 function linkCap(world: WorldState, m: MigrationView): number {
   return m.phase === 'ram' ? world.ramMaxBandwidthBytesPerSec + m.writeBytesPerSecDemand : m.phase === 'switchover' ? world.ramMaxBandwidthBytesPerSec : Infinity;
@@ -501,6 +523,10 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
   if (!(deferAbove >= 0 && deferAbove <= 1)) throw new RangeError(`deferAbove: must be from 0 to 1 (got ${String(deferAbove)})`);
   if (!(deferBelow >= 0 && deferBelow <= deferAbove)) throw new RangeError(`deferBelow: must be from 0 to deferAbove (got ${String(deferBelow)})`);
   const resolveEverySec = options.resolveEverySec ?? 15;
+  const gateFraction = options.gateFraction ?? DEFAULT_GATE_FRACTION;
+  if (!(gateFraction >= 0 && gateFraction <= 1)) throw new RangeError(`gateFraction: must be from 0 to 1 (got ${String(gateFraction)})`);
+  const gateHorizonSec = options.gateHorizonSec ?? resolveEverySec;
+  if (!(gateHorizonSec >= 0)) throw new RangeError(`gateHorizonSec: must be ≥ 0 (got ${String(gateHorizonSec)})`);
   const tieFraction = options.tieFraction ?? DEFAULT_TIE_FRACTION;
   if (!(tieFraction >= 0 && tieFraction <= 1)) throw new RangeError(`tieFraction: must be from 0 to 1 (got ${String(tieFraction)})`);
   const latePhaseWeight = options.latePhaseWeight ?? 1000;
@@ -519,10 +545,16 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
       const nowShares = currentShares(world, weights);
       let used = 0;
       for (const m of world.migrations) used += m.overlayBytes;
+      // Plan gate: Ω the guests would fill at today's demand within the look-ahead.
+      let demandSum = 0;
+      for (const m of world.migrations) if (!m.failed) demandSum += m.writeBytesPerSecDemand;
+      const gateOpen = gateFraction > 0 && used + demandSum * Math.max(world.intervalSec, gateHorizonSec) <= gateFraction * budget;
       const old = previous?.fitted;
       const fresh =
         old !== undefined &&
         world.nowSec - old.solvedAtSec < resolveEverySec &&
+        // The gate closing means Ω was written past what the last plan counted on: solve again.
+        (old.gateOpen ?? false) === gateOpen &&
         // Ω use beyond what the last solve projected as its peak means the plan is off: solve again.
         (used <= budget || used <= old.peakBytes) &&
         unchanged(world, old);
@@ -543,6 +575,7 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
           endSec: Array.from(solved.plan.end),
           peakBytes: solved.peakBytes,
           summary: solved.summary,
+          gateOpen,
         };
       }
 
@@ -554,7 +587,7 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
       let floorSum = 0;
       for (let i = 0; i < n; i++) {
         const m = world.migrations[i]!;
-        rates[i] = writeRate(m, deferredFraction(memo.lambdas[i]!, deferBelow, deferAbove), world.slaBytesPerSec);
+        rates[i] = gateOpen ? (m.failed ? 0 : m.writeBytesPerSecDemand) : writeRate(m, deferredFraction(memo.lambdas[i]!, deferBelow, deferAbove), world.slaBytesPerSec);
         data[i] = m.overlayBytes;
         need[i] = Math.max(m.overlayBytes, memo.needBytes[i]!);
         floor[i] = m.overlayBytes + rates[i]! * 2 * world.intervalSec;
@@ -597,7 +630,7 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
         atSec: world.nowSec,
         migrations,
         fitted: memo,
-        reason: `${memo.summary}; projected peak ${fmtGiB(memo.peakBytes)} (solved at ${memo.solvedAtSec.toFixed(1)} s)${braked ? '; braking: Ω nearly full' : ''}`,
+        reason: `${memo.summary}; projected peak ${fmtGiB(memo.peakBytes)} (solved at ${memo.solvedAtSec.toFixed(1)} s)${gateOpen ? `; plan not in force: Ω use ${fmtGiB(used)} stays under ${Math.round(gateFraction * 100)} % of the budget for ${Math.max(world.intervalSec, gateHorizonSec)} s at today's demand` : ''}${braked ? '; braking: Ω nearly full' : ''}`,
       };
     },
   };

@@ -159,6 +159,8 @@ export interface FittedMemo {
   /** Projected peak of Σ overlays at the last solve, bytes. */
   peakBytes: number;
   summary: string;
+  /** Whether the plan gate was open at the last solve (a change forces a new solve). */
+  gateOpen?: boolean;
 }
 
 /** A pure decision function with a name. */

@@ -150,6 +150,41 @@ test('between solves the plan is reused and re-solved on any change of the world
   assert.equal(d4.fitted!.solvedAtSec, 16.2, 'periodic re-solve after 15 s');
 });
 
+test('plan gate: the plan is solved but not in force while 15 s of today’s writes keep Ω under 70 % of the budget; in force, re-solved, once they would not', () => {
+  // One guest at 40 MB/s with 40 GiB of base left over 125 MB/s: ~13.7 GB of overlay unthrottled
+  // against 2 GiB of Ω, so the plan throttles it hard.
+  const heavy = (overlayBytes: number): MigrationView => view('a', { writeBytesPerSecDemand: 40e6, baseBytesLeft: 40 * GiB, overlayBytes });
+  const budget = 2 * GiB * 0.99;
+  const policy = fittedPolicy();
+  // 0.5 GiB + 15 s × 40 MB/s = 1.14 GB ≤ 0.7 × budget = 1.49 GB: open.
+  const open = policy.decide(world(2 * GiB, [heavy(0.5 * GiB)]), undefined);
+  assert.ok(open.fitted!.lambdas[0]! < 0.2, `the plan itself throttles (λ ${open.fitted!.lambdas[0]})`);
+  assert.equal(open.migrations[0]!.throttleBytesPerSec, null, 'but it is not in force');
+  assert.match(open.reason, /plan not in force/);
+  assert.equal(open.fitted!.gateOpen, true);
+  // The same plan as the gate-less policy solves, applied when the gate is off.
+  const gateless = fittedPolicy({ gateFraction: 0 }).decide(world(2 * GiB, [heavy(0.5 * GiB)]), undefined);
+  assert.deepEqual(gateless.fitted!.lambdas, open.fitted!.lambdas);
+  const g0 = gateless.migrations[0]!.throttleBytesPerSec;
+  assert.ok(g0 !== null && g0 < 20e6, `gate off: throttled at once (${g0})`);
+  // 1 s later, nothing else changed but the overlay: past 0.7 × budget − 15 s of writes the gate closes,
+  // which forces a re-solve on what is left of Ω (the memo is 1 s old, well within 15 s).
+  const atEdge = 0.7 * budget - 15 * 40e6 + 1e6;
+  const closed = policy.decide({ ...world(2 * GiB, [heavy(atEdge)]), nowSec: 1 }, open);
+  assert.equal(closed.fitted!.gateOpen, false);
+  assert.equal(closed.fitted!.solvedAtSec, 1, 'the gate closing forces a new solve');
+  const g1 = closed.migrations[0]!.throttleBytesPerSec;
+  assert.ok(g1 !== null && g1 >= 10_000 && g1 < g0, `in force, and harsher than at 0.5 GiB: ${g1} vs ${g0}`);
+  // Just under the edge it is still open.
+  const under = policy.decide({ ...world(2 * GiB, [heavy(atEdge - 2e6)]), nowSec: 1 }, open);
+  assert.equal(under.migrations[0]!.throttleBytesPerSec, null);
+  // A look-ahead the guests fill within seconds (256 MiB, two at 20 MiB/s) never opens it.
+  const small = fittedPolicy().decide(world(256 * MiB, [view('x', { writeBytesPerSecDemand: 20 * MiB, overlayBytes: 16 * MiB }), view('y', { writeBytesPerSecDemand: 20 * MiB, overlayBytes: 16 * MiB })]), undefined);
+  assert.ok(small.migrations.every((m) => m.throttleBytesPerSec !== null), 'Ω would pass 70 % within 15 s: the plan applies at once');
+  assert.throws(() => fittedPolicy({ gateFraction: 1.5 }), /gateFraction: must be from 0 to 1/);
+  assert.throws(() => fittedPolicy({ gateHorizonSec: -1 }), /gateHorizonSec: must be ≥ 0/);
+});
+
 test('property: Π sums to Ω, no bin below its data, quotas cover the data, γ within [γ_SLA, demand)', () => {
   const mig = fc.record({
     overlayMiB: fc.integer({ min: 0, max: 2000 }),

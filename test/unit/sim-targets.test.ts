@@ -5,7 +5,8 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { simulateAll } from '../../src/sim/compare';
 import { randomScenario } from '../../src/sim/generate';
-import type { SimResult } from '../../src/sim/run';
+import { fittedPolicy } from '../../src/policy/fitted';
+import { simulate, type SimResult } from '../../src/sim/run';
 import { loadScenario, type Scenario } from '../../src/sim/scenario';
 import { checkTargets } from '../../src/sim/targets';
 
@@ -46,6 +47,45 @@ test('tiny Ω and the burst: fitted gets every migration through where unthrottl
   }
 });
 
+test('a burst that ends, a link that speeds up: the plan gate keeps what the plan alone would have throttled away', () => {
+  // One guest, 12 GiB of base disk, Ω 2 GiB: at today's demand and link the plan projects several
+  // GiB of overlay and throttles; the burst ends (or the link speeds up) before Ω is 70 % full.
+  const GiB = 2 ** 30;
+  const one = (name: string, link: Scenario['link'], diskWrites: Scenario['vms'][number]['diskWrites']): Scenario => ({
+    version: 1,
+    name,
+    omegaBytes: 2 * GiB,
+    slaBytesPerSec: 10_000,
+    tickMs: 100,
+    maxSimSeconds: 2000,
+    link,
+    staticBinBytes: 2 * GiB,
+    vms: [{ id: 'a', startSec: 0, diskBytes: 12 * GiB, ramBytes: GiB, diskWrites, ramDirty: { pagesPerSec: 2000, hotPages: 20_000 } }],
+  });
+  for (const scenario of [
+    one('burst: 44 MB/s for 15 s, then 0.7 MB/s', { bytesPerSec: 120e6 }, { points: [[0, 44e6], [15, 0.7e6]] }),
+    one('link: 100 MB/s, 1 GB/s from 10 s', { points: [[0, 100e6], [10, 1e9]] }, { bytesPerSec: 60e6 }),
+  ]) {
+    const [paper, fitted] = simulateAll(scenario, ['paper', 'fitted']).map((o) => o.result);
+    const gateless = simulate(scenario, fittedPolicy({ gateFraction: 0 })).result;
+    for (const r of [paper!, fitted!, gateless]) assert.equal(r.failedMigrations, 0, `${scenario.name}: ${r.policy}`);
+    assert.ok(fitted!.writeRetained >= paper!.writeRetained, `${scenario.name}: fitted ${fitted!.writeRetained} < paper ${paper!.writeRetained}`);
+    assert.ok(fitted!.writeRetained >= 0.99, `${scenario.name}: fitted keeps ${fitted!.writeRetained}`);
+    assert.ok(gateless.writeRetained <= fitted!.writeRetained - 0.1, `${scenario.name}: without the gate ${gateless.writeRetained} (the plan throttled early)`);
+  }
+});
+
+test('random scenarios where the plan alone lost 17–29 points to paper on bursts and link changes (seeds 23629, 21148, 30567 stress): every guest keeps all its writes', () => {
+  const GiB = 2 ** 30;
+  for (const scenario of [randomScenario(23629), randomScenario(21148), randomScenario(30567, { omegaMinBytes: GiB / 4, omegaMaxBytes: 8 * GiB })]) {
+    const [paper, fitted] = simulateAll(scenario, ['paper', 'fitted']).map((o) => o.result);
+    const gateless = simulate(scenario, fittedPolicy({ gateFraction: 0 })).result;
+    assert.equal(fitted!.failedMigrations, 0, scenario.name);
+    for (const [id, r] of Object.entries(fitted!.writeRetainedByVm)) assert.ok(r >= paper!.writeRetainedByVm[id]! && r > 0.9999, `${scenario.name} ${id}: fitted ${r}, paper ${paper!.writeRetainedByVm[id]}`);
+    assert.ok(gateless.writeRetained < paper!.writeRetained - 0.15, `${scenario.name}: the gate-less plan ${gateless.writeRetained} vs paper ${paper!.writeRetained}`);
+  }
+});
+
 // The fast-check seed is fixed (the paper's date, chosen before running) so runs are reproducible;
 // `dpa simulate --random N --seed S` measures the miss rates over any number of seeds
 // (docs/BENCHMARKS.md, "Simulator and policies").
@@ -60,17 +100,20 @@ test('property: on random scenarios fitted never overflows Ω, fails no migratio
   );
 });
 
-// Not met literally on every random scenario: over `dpa simulate --random 4000 --seed 1000`, 6
-// scenarios (1 in 667) end with fitted keeping less of the guests' writes than paper although
-// paper fails no migration, by 0.12–2.17 points (worst: seed 1095, 50.31 % vs 52.48 %); over the
-// stress run (`--random 1000 --seed 1 --omega-min-mib 256 --omega-max-mib 8192`) 2, by 0.19 and
-// 0.56 points. In 5 of those 8 fitted lets the guests write more bytes or lose fewer, and in 2 it
-// keeps at least paper's share for every single guest: writeRetained is Σ allowed ÷ Σ wanted over
-// each migration's lifetime, and fitted finishes migrations sooner, dropping fully kept bytes from
-// the denominator (the test below pins those two). docs/BENCHMARKS.md has the breakdown and what
-// was tried. So this asserts the measured bound, not more: per scenario at most PAPER_GAP below
-// paper (where paper fails none), such scenarios at most 1 % of the runs, and at least paper's
-// write retention on the mean. The fast-check seed was fixed before the run.
+// Not met literally on every random scenario. Over `dpa simulate --random 4000 --seed 1000`, 5
+// scenarios end with fitted keeping less of the guests' writes than paper although paper fails no
+// migration, by 0.40–2.65 points; over the stress run (`--random 1000 --seed 1 --omega-min-mib 256
+// --omega-max-mib 8192`) 2, by 0.19 and 0.56 points; but on seed ranges never used to tune fitted
+// the worst gaps are larger: `--random 4000 --seed 20000` 3 (worst 7.26 points), the stress run
+// from seed 30000 1 (5.77), `--random 4000 --seed 50000` 6 (14.7), `--seed 70000` 5 (8.5), stress
+// from 60000 2 (15.8) and from 80000 4 (20.5). Some are the ratio's artefact (writeRetained is Σ
+// allowed ÷ Σ wanted over each migration's lifetime, and fitted finishes migrations sooner, dropping
+// fully kept bytes from the denominator: the test below pins two), the rest are genuine;
+// docs/BENCHMARKS.md has the breakdown and what was tried. This 400-scenario sample (seed fixed
+// before the run) has none below paper, before or after the plan gate; it asserts the bound the
+// earlier code was held to, not more: per scenario at most PAPER_GAP below paper (where paper
+// fails none), such scenarios at most 1 % of the runs, and at least paper's write retention on the
+// mean.
 const PAPER_GAP = 0.025;
 
 test('property: on random scenarios fitted keeps paper’s write retention: ≥ paper on the mean, ≤ 2.5 points below on any one, rarely below', () => {
