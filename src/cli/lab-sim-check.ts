@@ -22,7 +22,7 @@ export const command = defineCommand({
   options: {
     policy: { type: 'string', default: 'unthrottled', description: `policy run in both worlds (${SIM_CHECK_POLICIES.join(', ')})` },
     linkLatencyMs: { type: 'int', min: 1, max: 1000, default: 50, description: 'tbf queue of the lab link', unit: 'ms' },
-    congestionControl: { type: 'string', default: 'cubic', description: "TCP congestion control on the lab link ('host' = this host's setting)" },
+    linkQueue: { type: 'enum', choices: ['fair', 'fifo'], default: 'fair', description: 'lab link queueing: per-flow fair (as the simulator shares the link) or one FIFO' },
     trace: { type: 'boolean', description: 'add each lab migration\'s progress every 100 ms to the JSON (diagnosis)' },
     runs: { type: 'int', min: 1, max: 5, default: 1, description: 'lab runs on fresh guests; times are compared as means over the runs' },
     timeoutS: { type: 'int', min: 10, max: 3600, default: 180, description: 'per-migration limit (then it rolls back)', unit: 's' },
@@ -35,7 +35,7 @@ export const command = defineCommand({
     }
     let r;
     try {
-      r = await runSimCheck({ scenario: positionals[0]!, policy: options.policy as SimCheckPolicy, runs: options.runs, migrationTimeoutS: options.timeoutS, linkLatencyMs: options.linkLatencyMs, congestionControl: options.congestionControl, trace: options.trace === true, onNote: (l) => io.err(l + '\n') });
+      r = await runSimCheck({ scenario: positionals[0]!, policy: options.policy as SimCheckPolicy, runs: options.runs, migrationTimeoutS: options.timeoutS, linkLatencyMs: options.linkLatencyMs, linkQueue: options.linkQueue as 'fair' | 'fifo', trace: options.trace === true, onNote: (l) => io.err(l + '\n') });
     } catch (err) {
       if (err instanceof RangeError || err instanceof TypeError) {
         io.err(`${err.message}\n`);

@@ -18,6 +18,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Extra environment variables (merged over process.env). */
   env?: NodeJS.ProcessEnv;
+  /** Written to the command's stdin, which is then closed (run() only). */
+  input?: string;
 }
 
 export interface RunResult {
@@ -126,7 +128,7 @@ export function run(cmd: string, args: readonly string[], options: RunOptions = 
   const argv = [cmd, ...args];
   return new Promise((resolve, reject) => {
     const started = Date.now();
-    execFile(
+    const child = execFile(
       cmd,
       [...args],
       {
@@ -144,6 +146,10 @@ export function run(cmd: string, args: readonly string[], options: RunOptions = 
         reject(toExecError(argv, failure, stdout ?? '', stderr ?? '', timeoutMs, timedOut));
       },
     );
+    if (options.input !== undefined) {
+      child.stdin?.on('error', () => undefined); // a command that exits early: its status says why
+      child.stdin?.end(options.input);
+    }
   });
 }
 

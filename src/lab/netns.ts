@@ -19,7 +19,6 @@
  * Everything is done with ip(8)/tc(8) through execFile argument arrays; every name is checked
  * against a strict pattern before it reaches a command line.
  */
-import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import * as net from 'node:net';
@@ -205,6 +204,54 @@ function tbfArgs(dev: string, linkMbit: number, burstBytes: number, latencyMs: n
   return ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${bitsPerSec}bit`, 'burst', `${burstBytes}b`, 'latency', `${latencyMs}ms`];
 }
 
+/** Flow buckets of the fair queue: TCP flows are spread by their destination port's low 6 bits. */
+export const FAIR_QUEUE_BUCKETS = 64;
+
+/**
+ * `tc -batch` lines for a per-flow fair link (queue 'fair'): an HTB root shaped to the link rate
+ * with one leaf class per bucket (and a default class for non-TCP traffic), each leaf a byte FIFO
+ * holding `latencyMs` of the link's rate, its guaranteed rate 1/(buckets + 1) of the link and its
+ * ceiling the whole link, so backlogged buckets share the link equally (HTB's round robin) and
+ * an idle bucket's share goes to the others. A u32 hash on the TCP destination port (at offset 20,
+ * an option-less IPv4 header) picks the bucket: the lab's listeners use consecutive ports, so
+ * their streams land in different buckets. The kernel here has no fair-queueing qdisc (no
+ * fq_codel, sfq or drr), only tbf, htb and u32.
+ */
+export function fairQueueBatch(dev: string, linkMbit: number, burstBytes: number, latencyMs: number): string {
+  const bitsPerSec = Math.round(linkMbit * 1e6);
+  const buckets = FAIR_QUEUE_BUCKETS;
+  const perClassBits = Math.max(8, Math.floor(bitsPerSec / (buckets + 1)));
+  const limitBytes = Math.max(3 * 1514, Math.round(((bitsPerSec / 8) * latencyMs) / 1000));
+  const cid = (i: number): string => (0x100 + i).toString(16);
+  const lines = [
+    `qdisc replace dev ${dev} root handle 1: htb default ${cid(buckets)}`,
+    `class add dev ${dev} parent 1: classid 1:1 htb rate ${bitsPerSec}bit ceil ${bitsPerSec}bit burst ${burstBytes}b cburst ${burstBytes}b`,
+  ];
+  for (let i = 0; i <= buckets; i++) {
+    lines.push(`class add dev ${dev} parent 1:1 classid 1:${cid(i)} htb rate ${perClassBits}bit ceil ${bitsPerSec}bit burst ${burstBytes}b cburst ${burstBytes}b quantum 1514`);
+    lines.push(`qdisc add dev ${dev} parent 1:${cid(i)} bfifo limit ${limitBytes}`);
+  }
+  lines.push(`filter add dev ${dev} parent 1: prio 1 handle 2: protocol ip u32 divisor ${buckets}`);
+  lines.push(`filter add dev ${dev} parent 1: prio 1 protocol ip u32 ht 800:: match ip protocol 6 0xff hashkey mask 0x${(buckets - 1).toString(16).padStart(8, '0')} at 20 link 2:`);
+  for (let i = 0; i < buckets; i++) lines.push(`filter add dev ${dev} parent 1: prio 1 protocol ip u32 ht 2:${i.toString(16)}: match u32 0 0 flowid 1:${cid(i)}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Shapes one end of the link: a tbf (FIFO) or the fair queue; `rebuild` first removes an existing fair queue. */
+async function shape(nsName: string | null, dev: string, linkMbit: number, burstBytes: number, latencyMs: number, queue: LinkQueue, rebuild: boolean): Promise<void> {
+  const ns = nsName ? ['-n', nsName] : [];
+  if (queue === 'fifo') {
+    await run('tc', [...ns, ...tbfArgs(dev, linkMbit, burstBytes, latencyMs)], { timeoutMs: CMD_TIMEOUT_MS });
+    return;
+  }
+  // HTB classes cannot be re-added over themselves: a new rate means a new tree.
+  if (rebuild) await run('tc', [...ns, 'qdisc', 'del', 'dev', dev, 'root'], { timeoutMs: CMD_TIMEOUT_MS });
+  await run('tc', [...ns, '-batch', '-'], { timeoutMs: CMD_TIMEOUT_MS, input: fairQueueBatch(dev, linkMbit, burstBytes, latencyMs) });
+}
+
+/** How the link queues: one FIFO (tbf), or per-flow fair (HTB buckets; see fairQueueBatch). */
+export type LinkQueue = 'fifo' | 'fair';
+
 // ------------------------------------------------------------------------------------------
 // The topology
 // ------------------------------------------------------------------------------------------
@@ -224,11 +271,10 @@ export interface TopologyOptions {
   /** IPv4 pool the /30 is taken from, prefix length 8..30; default '10.231.0.0/16'. */
   pool?: string;
   /**
-   * TCP congestion control for connections across the link, both ways (the /30's routes get
-   * `congctl`; the host's own setting is left alone), one of the kernel's
-   * tcp_available_congestion_control, e.g. 'cubic'. Default: the host's (this machine: bbr).
+   * 'fifo' (default): one tbf per direction, every stream in one queue, as a plain router port.
+   * 'fair': per-flow fair queueing at the same rate (fairQueueBatch), streams share it equally.
    */
-  congestionControl?: string;
+  queue?: LinkQueue;
   /**
    * Outlive this process (owner pid 0 in the names): not destroyed at exit, not reaped.
    * For `dpa lab net up`. Default false.
@@ -257,8 +303,8 @@ export interface Topology {
   readonly burstBytes: number;
   /** tbf maximum queueing delay, ms. */
   readonly latencyMs: number;
-  /** Congestion control pinned on the link's routes, or null: each end's default. */
-  readonly congestionControl: string | null;
+  /** How the link queues (TopologyOptions.queue). */
+  readonly queue: LinkQueue;
   /** True between cut() and restore(). */
   readonly isCut: boolean;
   readonly destroyed: boolean;
@@ -344,7 +390,7 @@ class LabTopology implements Topology {
   linkMbit: number;
   burstBytes: number;
   latencyMs: number;
-  congestionControl: string | null = null;
+  queue: LinkQueue = 'fifo';
   isCut = false;
   destroyed = false;
   private readonly burstAuto: boolean;
@@ -372,8 +418,8 @@ class LabTopology implements Topology {
     checkMbit('linkMbit', linkMbit);
     this.assertAlive('setRate');
     const burst = this.burstAuto ? defaultBurstBytes(linkMbit) : this.burstBytes;
-    await run('tc', tbfArgs(this.hostIf, linkMbit, burst, this.latencyMs), { timeoutMs: CMD_TIMEOUT_MS });
-    await run('tc', ['-n', this.nsName, ...tbfArgs(this.nsIf, linkMbit, burst, this.latencyMs)], { timeoutMs: CMD_TIMEOUT_MS });
+    await shape(null, this.hostIf, linkMbit, burst, this.latencyMs, this.queue, true);
+    await shape(this.nsName, this.nsIf, linkMbit, burst, this.latencyMs, this.queue, true);
     this.linkMbit = linkMbit;
     this.burstBytes = burst;
   }
@@ -389,8 +435,6 @@ class LabTopology implements Topology {
     await run('ip', ['-n', this.nsName, 'link', 'set', 'dev', this.nsIf, 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await waitOperUp(this.nsName, this.nsIf, 5_000);
     await waitOperUp(null, this.hostIf, 5_000);
-    // The namespace's connected route went with its link and came back without `congctl`.
-    if (this.congestionControl) await run('ip', ['-n', this.nsName, ...congctlRouteArgs(this.subnet, this.nsIf, this.nsAddr, this.congestionControl)], { timeoutMs: CMD_TIMEOUT_MS });
     this.isCut = false;
   }
 
@@ -439,8 +483,8 @@ class LabTopology implements Topology {
   }
 
   toJSON(): Record<string, unknown> {
-    const { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, congestionControl, isCut } = this;
-    return { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, congestionControl, isCut };
+    const { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, queue, isCut } = this;
+    return { nsName, hostIf, nsIf, hostAddr, nsAddr, subnet, ownerPid, linkMbit, burstBytes, latencyMs, queue, isCut };
   }
 }
 
@@ -485,30 +529,7 @@ async function mustYield(hostIf: string, subnet: Cidr): Promise<boolean> {
   return false;
 }
 
-/** `ip route replace` arguments giving the /30's connected route on `dev` this congestion control. */
-function congctlRouteArgs(subnet: string, dev: string, src: string, cc: string): string[] {
-  return ['route', 'replace', subnet, 'dev', dev, 'proto', 'kernel', 'scope', 'link', 'src', src, 'congctl', cc];
-}
-
-/** The kernel's tcp_available_congestion_control. */
-export function availableCongestionControls(): string[] {
-  try {
-    return readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/).filter(Boolean);
-  } catch {
-    return [];
-  }
-}
-
-function checkCongestionControl(cc: unknown): string | null {
-  if (cc === undefined) return null;
-  const avail = availableCongestionControls();
-  if (typeof cc !== 'string' || !avail.includes(cc)) {
-    throw new RangeError(`congestionControl: must be one of this kernel's ${avail.join(', ') || '(none readable)'} (got ${JSON.stringify(cc)})`);
-  }
-  return cc;
-}
-
-function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number; burstBytes: number | undefined; latencyMs: number; pool: Cidr; persistent: boolean; congestionControl: string | null } {
+function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number; burstBytes: number | undefined; latencyMs: number; pool: Cidr; persistent: boolean; queue: LinkQueue } {
   if (typeof opts !== 'object' || opts === null) throw new TypeError('createTopology: options must be an object');
   const prefix = checkPrefix(opts.name ?? DEFAULT_PREFIX);
   const linkMbit = checkMbit('linkMbit', opts.linkMbit);
@@ -527,8 +548,10 @@ function checkOptions(opts: TopologyOptions): { prefix: string; linkMbit: number
     throw new TypeError(`pool: must be an IPv4 CIDR like '10.231.0.0/16' (got ${JSON.stringify(opts.pool)})`);
   }
   if (pool.prefixLen < 8 || pool.prefixLen > 30) throw new RangeError(`pool: prefix length must be from 8 to 30 (got /${pool.prefixLen})`);
-  const congestionControl = checkCongestionControl(opts.congestionControl);
-  return { prefix, linkMbit, burstBytes, latencyMs, pool, persistent: opts.persistent === true, congestionControl };
+  const queue = opts.queue ?? 'fifo';
+  if (queue !== 'fifo' && queue !== 'fair') throw new RangeError(`queue: must be 'fifo' or 'fair' (got ${JSON.stringify(opts.queue)})`);
+  if (queue === 'fair' && opts.persistent === true) throw new RangeError("queue: 'fair' is for topologies owned by this process (persistent ones are tbf only)");
+  return { prefix, linkMbit, burstBytes, latencyMs, pool, persistent: opts.persistent === true, queue };
 }
 
 /**
@@ -590,20 +613,14 @@ export async function createTopology(options: TopologyOptions): Promise<Topology
     topo.nsAddr = intToIp(chosen.base + 2);
     await run('ip', ['route', 'replace', 'unreachable', topo.subnet, 'metric', String(GUARD_ROUTE_METRIC)], { timeoutMs: CMD_TIMEOUT_MS });
     await run('ip', ['-n', ns, 'addr', 'add', `${topo.nsAddr}/30`, 'dev', topo.nsIf], { timeoutMs: CMD_TIMEOUT_MS });
-    await run('tc', tbfArgs(topo.hostIf, topo.linkMbit, topo.burstBytes, topo.latencyMs), { timeoutMs: CMD_TIMEOUT_MS });
-    await run('tc', ['-n', ns, ...tbfArgs(topo.nsIf, topo.linkMbit, topo.burstBytes, topo.latencyMs)], { timeoutMs: CMD_TIMEOUT_MS });
+    topo.queue = o.queue;
+    await shape(null, topo.hostIf, topo.linkMbit, topo.burstBytes, topo.latencyMs, o.queue, false);
+    await shape(ns, topo.nsIf, topo.linkMbit, topo.burstBytes, topo.latencyMs, o.queue, false);
     await run('ip', ['-n', ns, 'link', 'set', 'dev', 'lo', 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await run('ip', ['-n', ns, 'link', 'set', 'dev', topo.nsIf, 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await run('ip', ['link', 'set', 'dev', topo.hostIf, 'up'], { timeoutMs: CMD_TIMEOUT_MS });
     await waitOperUp(null, topo.hostIf, 5_000);
     await waitOperUp(ns, topo.nsIf, 5_000);
-    // The connected routes exist once the links are up; pinning the algorithm there keeps the
-    // host's own setting untouched.
-    if (o.congestionControl) {
-      await run('ip', congctlRouteArgs(topo.subnet, topo.hostIf, topo.hostAddr, o.congestionControl), { timeoutMs: CMD_TIMEOUT_MS });
-      await run('ip', ['-n', ns, ...congctlRouteArgs(topo.subnet, topo.nsIf, topo.nsAddr, o.congestionControl)], { timeoutMs: CMD_TIMEOUT_MS });
-      topo.congestionControl = o.congestionControl;
-    }
     return topo;
   } catch (err) {
     await topo.destroy().catch(() => undefined);
@@ -730,8 +747,6 @@ export async function openTopology(nsName: string, prefix: string = DEFAULT_PREF
   topo.nsAddr = info.nsAddr;
   topo.subnet = formatCidr({ base: ipToInt(info.hostAddr) & maskOf(30), prefixLen: 30 });
   topo.isCut = info.nsState === 'DOWN';
-  const routes = await ignoreGone(runJson<Array<{ metrics?: Array<{ congestion?: string }> }>>('ip', ['-j', 'route', 'show', topo.subnet, 'dev', topo.hostIf], { timeoutMs: CMD_TIMEOUT_MS }), []);
-  topo.congestionControl = routes.flatMap((r) => r.metrics ?? []).find((m) => m.congestion)?.congestion ?? null;
   return topo;
 }
 

@@ -25,8 +25,14 @@
  *   share from a scan of its RAM (/proc/PID/mem) once its workloads run;
  * - disk sizes, write rates, RAM dirty rates, hot sets, start times: the scenario's (the lab guests
  *   run exactly those);
- * - fixed costs per phase and the TCP ramp (LAB_MODEL): constants of this lab, chosen once over
- *   13 recorded runs (docs/BENCHMARKS.md "Simulator vs lab"); a run never tunes its own.
+ * - fixed costs per phase and the TCP ramp (LAB_MODEL): constants of this lab (docs/BENCHMARKS.md
+ *   "Simulator vs lab"); a run never tunes its own.
+ *
+ * The link: one tbf-shaped veth by default with per-flow fair queueing (LinkQueue 'fair'), which
+ * is how the simulator shares a link among the streams in flight. On a FIFO ('fifo') TCP shares
+ * it as it happens to: a stream that joins late can be held to a fraction of its share for
+ * seconds (its congestion window stuck after an early loss while older streams keep theirs),
+ * differently in every run.
  * The simulation runs before the migrations start.
  */
 import { loadavg } from 'node:os';
@@ -62,9 +68,11 @@ export type SimCheckPolicy = (typeof SIM_CHECK_POLICIES)[number];
  * The lab's constants for the simulator's migration model (SimMigrationModel), s: fixed costs of
  * one LXD-shaped lab migration (src/migrate/migration.ts) beyond moving bytes — QMP round trips,
  * qemu-img, NBD and job set-up, the 100 ms polls that notice a phase's end, the target's start —
- * and the time a new TCP stream takes to win its share of the tbf link from streams already on it.
- * Fixed costs from the phase times of a migration alone; the ramp from the per-second traces
- * (`--trace`) and as the value with the least mean |error| over 13 recorded runs
+ * and the time a new TCP stream takes to win its share of the link from streams already on it.
+ * Fixed costs from the phase times of a migration alone. The ramp depends on how the link queues:
+ * on the fair link (the default here) a new stream is served its share from its first packets and
+ * only its slow start is left, 0.25 s; on a FIFO (LinkQueue 'fifo', FIFO_STREAM_RAMP_SEC) a new
+ * stream waits for the old ones' congestion windows to shrink, which takes 0–4 s run to run
  * (docs/BENCHMARKS.md "Simulator vs lab"). A run never tunes its own comparison.
  */
 export const LAB_MODEL: Readonly<Required<Omit<SimMigrationModel, 'zeroPageFraction'>>> = Object.freeze({
@@ -72,8 +80,11 @@ export const LAB_MODEL: Readonly<Required<Omit<SimMigrationModel, 'zeroPageFract
   mirrorSetupSec: 0.12,
   ramSetupSec: 0.1,
   switchoverSec: 0.25,
-  streamRampSec: 2.5,
+  streamRampSec: 0.25,
 });
+
+/** LAB_MODEL.streamRampSec on a FIFO link: the least mean |error| over 13 recorded runs. */
+export const FIFO_STREAM_RAMP_SEC = 2.5;
 
 /** What the lab can reproduce of a scenario (on 2 cores, TCG guests). */
 export const LAB_SCENARIO_LIMITS = {
@@ -99,11 +110,8 @@ export interface SimCheckOptions {
   migrationTimeoutS?: number;
   /** tbf queue of the lab link, ms of the link's rate (1..1000; default 50, the lab topology's). */
   linkLatencyMs?: number;
-  /**
-   * TCP congestion control on the lab link (TopologyOptions.congestionControl; default 'cubic',
-   * Linux's default; 'host' = this host's own setting).
-   */
-  congestionControl?: string;
+  /** How the lab link queues (TopologyOptions.queue; default 'fair', as the simulator shares it). */
+  linkQueue?: 'fifo' | 'fair';
   /** Lab runs, each on fresh guests, link and Ω (1..5; default 1): the lab is noisy, the simulator is not. */
   runs?: number;
   /** Also report each lab migration's progress every 100 ms (SimCheckVm.trace), for diagnosis. */
@@ -163,6 +171,8 @@ export interface SimCheckRun {
   /** Inputs the simulator got. */
   inputs: {
     linkMbit: number;
+    /** How the lab link queued. */
+    linkQueue: 'fifo' | 'fair';
     linkBytesPerSec: number;
     ramBytes: Record<string, number>;
     zeroPageFraction: Record<string, number>;
@@ -287,6 +297,7 @@ export function checkSimCheckOptions(o: SimCheckOptions): void {
   if (o.policy !== undefined && !SIM_CHECK_POLICIES.includes(o.policy)) {
     throw new RangeError(`policy: must be one of ${SIM_CHECK_POLICIES.join(', ')} (got ${JSON.stringify(o.policy)})`);
   }
+  if (o.linkQueue !== undefined && o.linkQueue !== 'fair' && o.linkQueue !== 'fifo') throw new RangeError(`linkQueue: must be 'fair' or 'fifo' (got ${JSON.stringify(o.linkQueue)})`);
   if (o.labModel !== undefined) {
     if (typeof o.labModel !== 'object' || o.labModel === null) throw new TypeError('labModel: must be an object');
     for (const [k, v] of Object.entries(o.labModel)) {
@@ -457,14 +468,13 @@ export async function runSimCheck(o: SimCheckOptions): Promise<SimCheckReport> {
 
 /** One lab run on fresh guests, link and Ω, and the simulation fed with what it measured. */
 async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, guest: GuestImage, note: (line: string) => void): Promise<SimCheckRun> {
-  const labModel = { ...LAB_MODEL, ...(o.labModel ?? {}) };
+  const labModel = { ...LAB_MODEL, ...(o.linkQueue === 'fifo' ? { streamRampSec: FIFO_STREAM_RAMP_SEC } : {}), ...(o.labModel ?? {}) };
   const timeoutMs = (o.migrationTimeoutS ?? 180) * 1000;
   const load0 = loadavg()[0]!;
-  const cc = o.congestionControl ?? 'cubic';
   const topology: Topology = await createTopology({
     linkMbit: plan.linkMbit,
+    queue: o.linkQueue ?? 'fair',
     ...(o.linkLatencyMs !== undefined ? { latencyMs: o.linkLatencyMs } : {}),
-    ...(cc !== 'host' ? { congestionControl: cc } : {}),
   });
   const slots: Slot[] = [];
   let omega: Omega | undefined;
@@ -509,6 +519,7 @@ async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, gu
     }
     const inputs: SimCheckRun['inputs'] = {
       linkMbit: plan.linkMbit,
+      linkQueue: o.linkQueue ?? 'fair',
       linkBytesPerSec: link.bytesPerSec,
       ramBytes: Object.fromEntries(slots.map((sl) => [sl.plan.id, sl.ramBytes])),
       zeroPageFraction: Object.fromEntries(slots.map((sl) => [sl.plan.id, sl.zero])),

@@ -17,6 +17,7 @@ import {
   chooseSubnet,
   cidrsOverlap,
   createTopology,
+  FAIR_QUEUE_BUCKETS,
   formatCidr,
   GUARD_ROUTE_METRIC,
   labNames,
@@ -152,7 +153,7 @@ test('bad options are refused with the option and its range before any command r
   await assert.rejects(createTopology({ linkMbit: 10, latencyMs: 0 }), /latencyMs: must be an integer from 1 to 10000 ms/);
   await assert.rejects(createTopology({ linkMbit: 10, pool: '10.0.0.0/31' }), /pool: prefix length must be from 8 to 30/);
   await assert.rejects(createTopology({ linkMbit: 10, pool: '10.0.0/16' }), /pool: must be an IPv4 CIDR/);
-  await assert.rejects(createTopology({ linkMbit: 10, congestionControl: 'warp' }), { name: 'RangeError', message: /congestionControl: must be one of this kernel's .*cubic.* \(got "warp"\)/ });
+  await assert.rejects(createTopology({ linkMbit: 10, queue: 'sfq' as never }), { name: 'RangeError', message: /queue: must be 'fifo' or 'fair' \(got "sfq"\)/ });
   assert.throws(() => spawnInNs('ns; rm -rf /', 'true'), /namespace name: must match/);
   assert.throws(() => spawnInNs('-n', 'true'), TypeError);
   assert.throws(() => spawnInNs('dpa1-1', '--help'), /cmd: must be a non-empty string not starting with '-'/);
@@ -402,37 +403,56 @@ test('lab topology: namespace + tbf-shaped veth, on the real kernel', labPrereq(
   });
 });
 
-test('congestionControl pins the algorithm on the link\'s connections only, and survives a cut', labPrereq(), async () => {
-  const hostDefault = readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
-  const other = readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/).find((a) => a !== hostDefault);
-  assert.ok(other, `the kernel offers only ${hostDefault}`);
-  const topo = await createTopology({ linkMbit: 50, congestionControl: other });
-  const sink = await startNsSink(topo);
-  const local = net.createServer((c) => c.resume());
+test("queue 'fair': a stream joining a busy link gets its share at once; setRate rebuilds the tree", labPrereq(), async () => {
+  const topo = await createTopology({ linkMbit: 80, queue: 'fair' });
+  const sinks = [await startNsSink(topo), await startNsSink(topo)];
   try {
-    assert.equal(topo.congestionControl, other);
-    await new Promise<void>((r) => local.listen(0, '127.0.0.1', r));
-    const algoOf = async (dst: string, port: number): Promise<string> => {
-      const out = (await run('ss', ['-tinH', 'state', 'established', 'dst', `${dst}:${port}`])).stdout;
-      const m = /^\s+(\w+)\s/m.exec(out);
-      assert.ok(m, `no established connection to ${dst}:${port} in ss:\n${out}`);
-      return m[1]!;
+    assert.equal(topo.queue, 'fair');
+    // `tc class` has no JSON output: one line per class.
+    const classes = async (ns: string[], dev: string): Promise<string[]> => (await run('tc', [...ns, 'class', 'show', 'dev', dev])).stdout.split('\n').filter((l) => l.startsWith('class htb '));
+    assert.equal((await classes([], topo.hostIf)).length, FAIR_QUEUE_BUCKETS + 2, 'root class + one per bucket + the default');
+    assert.equal((await classes(['-n', topo.nsName], topo.nsIf)).length, FAIR_QUEUE_BUCKETS + 2);
+    // One stream alone fills the link; a second joins after 2 s.
+    const pump = (sink: (typeof sinks)[number], ms: number): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const buf = Buffer.alloc(256 * 1024, 0x5a);
+        const c = net.connect({ host: sink.host, port: sink.port, localAddress: topo.hostAddr });
+        c.on('error', reject);
+        c.once('connect', () => {
+          const end = Date.now() + ms;
+          const go = (): void => {
+            while (Date.now() < end) if (!c.write(buf)) return void c.once('drain', go);
+            c.destroy();
+            resolve();
+          };
+          go();
+        });
+      });
+    const first = pump(sinks[0]!, 5000);
+    await sleep(2000);
+    await pump(sinks[1]!, 2500);
+    await first;
+    await sleep(200);
+    const rate = (samples: readonly CounterSample[], fromMs: number, toMs: number): number => {
+      const at = (t: number): number => samples.filter((x) => x.tMs <= t).at(-1)?.bytes ?? 0;
+      return ((at(toMs) - at(fromMs)) * 1000) / (toMs - fromMs);
     };
-    const across = net.connect({ host: sink.host, port: sink.port, localAddress: topo.hostAddr });
-    const loop = net.connect({ host: '127.0.0.1', port: (local.address() as net.AddressInfo).port });
-    await Promise.all([across, loop].map((c) => new Promise<void>((r, j) => c.once('connect', () => r()).once('error', j))));
-    assert.equal(await algoOf(sink.host, sink.port), other, 'across the link: the pinned algorithm');
-    assert.equal(await algoOf('127.0.0.1', (local.address() as net.AddressInfo).port), hostDefault, "elsewhere: the host's own");
-    across.destroy();
-    loop.destroy();
-    // The namespace's connected route is rebuilt by the kernel when its link comes back: restore() pins it again.
-    await topo.cut();
-    await topo.restore();
-    const nsRoutes = await runJson<Array<{ metrics?: Array<{ congestion?: string }> }>>('ip', ['-n', topo.nsName, '-j', 'route', 'show', topo.subnet]);
-    assert.deepEqual(nsRoutes.flatMap((r) => r.metrics ?? []).map((m) => m.congestion), [other]);
+    const joined = sinks[1]!.samples.find((x) => x.bytes > 0)!.tMs;
+    // From 0.3 s after the join (slow start) to 2 s: the newcomer has half the link, give or take.
+    const a = rate(sinks[0]!.samples, joined + 300, joined + 2000);
+    const b = rate(sinks[1]!.samples, joined + 300, joined + 2000);
+    const link = (80e6 / 8) * 0.9;
+    assert.ok(a + b > link * 0.85, `together ${((a + b) / 1e6).toFixed(2)} MB/s of ${(link / 1e6).toFixed(2)}`);
+    assert.ok(b / (a + b) > 0.4 && b / (a + b) < 0.6, `newcomer's share ${(b / (a + b)).toFixed(2)} (${(b / 1e6).toFixed(2)} vs ${(a / 1e6).toFixed(2)} MB/s)`);
+
+    await topo.setRate(40);
+    for (const [ns, dev] of [[[], topo.hostIf], [['-n', topo.nsName], topo.nsIf]] as const) {
+      const all = await classes([...ns], dev);
+      assert.equal(all.length, FAIR_QUEUE_BUCKETS + 2);
+      assert.match(all.find((l) => l.startsWith('class htb 1:1 root '))!, / rate 40Mbit ceil 40Mbit /);
+    }
   } finally {
-    local.close();
-    await sink.close();
+    for (const s of sinks) await s.close();
     await topo.destroy();
   }
 });

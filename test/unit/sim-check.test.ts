@@ -110,6 +110,7 @@ test('options and files are checked before anything boots', async () => {
   assert.throws(() => checkSimCheckOptions({ scenario: shipped, runs: 0 }), /runs: must be an integer from 1 to 5/);
   assert.throws(() => checkSimCheckOptions({ scenario: shipped, runs: 1.5 }), /runs: must be an integer from 1 to 5/);
   assert.throws(() => checkSimCheckOptions({ scenario: shipped, linkLatencyMs: 0 }), /linkLatencyMs: must be an integer from 1 to 1000/);
+  assert.throws(() => checkSimCheckOptions({ scenario: shipped, linkQueue: 'sfq' as never }), /^RangeError: linkQueue: must be 'fair' or 'fifo' \(got "sfq"\)/);
   assert.throws(() => loadLabScenario('/nonexistent/lab.json'), /^RangeError: scenario: cannot read \/nonexistent\/lab\.json/);
   const dir = mkdtempSync(join(tmpdir(), 'dpa-simcheck-'));
   try {
