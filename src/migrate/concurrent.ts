@@ -96,6 +96,8 @@ export interface ConcurrentOptions {
    * waits for a round trip over the link, so at 1 the guest's rate is bound by that latency.
    */
   diskQueueDepth?: number;
+  /** How the link queues (TopologyOptions.queue; default 'fifo'). */
+  linkQueue?: 'fifo' | 'fair';
   /** Guest memory workload buffer, MiB (1..64; default 8). */
   memMib?: number;
   /** Guest page writes per second (0..100000; default 500). */
@@ -293,6 +295,7 @@ export function checkConcurrentOptions(o: ConcurrentOptions): void {
   if (o.diskBlockBytes !== undefined && o.diskBlockBytes % 4096 !== 0) throw new RangeError(`diskBlockBytes: must be a multiple of 4096 (got ${o.diskBlockBytes})`);
   checkNum('diskWritesPerSec', o.diskWritesPerSec, CONCURRENT_LIMITS.diskWritesPerSec[0], CONCURRENT_LIMITS.diskWritesPerSec[1], false);
   checkNum('diskQueueDepth', o.diskQueueDepth, ...CONCURRENT_LIMITS.diskQueueDepth);
+  if (o.linkQueue !== undefined && o.linkQueue !== 'fifo' && o.linkQueue !== 'fair') throw new RangeError(`linkQueue: must be 'fifo' or 'fair' (got ${JSON.stringify(o.linkQueue)})`);
   checkNum('memMib', o.memMib, ...CONCURRENT_LIMITS.memMib);
   checkNum('memWritePagesPerSec', o.memWritePagesPerSec, CONCURRENT_LIMITS.memWritePagesPerSec[0], CONCURRENT_LIMITS.memWritePagesPerSec[1], false);
   checkNum('migrationTimeoutS', o.migrationTimeoutS, ...CONCURRENT_LIMITS.migrationTimeoutS);
@@ -764,7 +767,7 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
   if ((regionMib * MiB) % blockBytes !== 0) throw new RangeError(`diskRegionMib: must be a multiple of diskBlockBytes (${blockBytes} bytes)`);
   const note = o.onNote ?? ((): void => undefined);
   const guest = o.guest ?? (await buildGuestImage());
-  const topology = await createTopology({ linkMbit: o.linkMbit });
+  const topology = await createTopology({ linkMbit: o.linkMbit, ...(o.linkQueue ? { queue: o.linkQueue } : {}) });
   try {
     const link = await measureThroughput(topology, { durationMs: 1000, warmupMs: 300 });
     note(`link: ${link.mbitPerSec.toFixed(1)} Mbit/s goodput measured (tbf ${o.linkMbit} Mbit/s)`);
