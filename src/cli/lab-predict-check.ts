@@ -29,7 +29,7 @@ const fmt = (v: number | null, d = 1): string => (v === null ? 'n/a' : Number.is
 export const command = defineCommand({
   words: ['lab', 'predict-check'],
   summary: 'predicted vs actual total time of single lab migrations over dirty rates × link speeds (root, QEMU)',
-  usage: '[--rates 500,4000,12000] [--links 100,200] [--mirror-fixed-ms M] [--switchover-fixed-ms S] [--json]',
+  usage: '[--rates 500,4000,12000] [--links 100,200] [--mirror-fixed-ms M] [--switchover-fixed-ms S] [--trace-ms T] [--json]',
   options: {
     rates: { type: 'string', default: '500,4000,12000', description: 'guest page writes per second, comma-separated (each 0..100000, up to 12)' },
     links: { type: 'string', default: '100,200', description: 'link rates in Mbit/s, comma-separated (each 10..10000, up to 6)' },
@@ -40,6 +40,7 @@ export const command = defineCommand({
     timeoutS: { type: 'int', min: 10, max: 3600, default: 120, description: 'per-migration limit (then it rolls back)', unit: 's' },
     mirrorFixedMs: { type: 'int', min: 0, max: 10_000, default: DEFAULT_MIRROR_FIXED_MS, description: 'modelled fixed cost of starting the mirror, beyond its backlog', unit: 'ms' },
     switchoverFixedMs: { type: 'int', min: 0, max: 10_000, default: DEFAULT_SWITCHOVER_FIXED_MS, description: 'modelled fixed cost of the steps around the stop-and-copy', unit: 'ms' },
+    traceMs: { type: 'int', min: 0, max: 1000, default: 0, description: "record QEMU's RAM figures this often into each migration's trace (0 = off, else 20..1000)", unit: 'ms' },
     ...jsonOption,
   },
   async run(options, _positionals, io) {
@@ -62,6 +63,7 @@ export const command = defineCommand({
       migrationTimeoutS: options.timeoutS,
       mirrorFixedMs: options.mirrorFixedMs,
       switchoverFixedMs: options.switchoverFixedMs,
+      traceIntervalMs: options.traceMs,
       onNote: (l) => io.err(l + '\n'),
     });
     const ok = r.migrations.every((m) => m.phase === 'completed' && m.errorPct !== null);
@@ -69,7 +71,7 @@ export const command = defineCommand({
       io.out(JSON.stringify(r, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
       return ok ? 0 : 1;
     }
-    io.out('pages/s  Mbit/s  zero%  busy%  predicted s  actual s  error %  passes model/QEMU  throttle model/QEMU\n');
+    io.out('pages/s  Mbit/s  zero%  busy%  predicted s  actual s  error %   syncs model/QEMU  throttle model/QEMU\n');
     for (const m of r.migrations) {
       io.out(
         `${String(m.dirtyPagesPerSec).padStart(7)}  ${String(m.linkMbit).padStart(6)}  ${(m.zeroPageFraction * 100).toFixed(1).padStart(5)}  ${(m.vcpuBusyFraction * 100).toFixed(1).padStart(5)}  ` +

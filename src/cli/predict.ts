@@ -25,7 +25,7 @@ const options = {
   maxCpuThrottle: { type: 'int', min: 1, max: 99, default: QEMU_DEFAULTS.maxCpuThrottlePct, description: 'max-cpu-throttle', unit: '%' },
   vcpuBusyPct: { type: 'number', min: 0.1, max: 100, default: 100, description: "share of the time the guest's vCPUs are busy unthrottled (100 = CPU-bound: the throttle cuts dirtying in proportion)", unit: '%' },
   throttleCatchUpMs: { type: 'number', min: 0, max: 1e9, description: 'longest vCPU stall a wall-clock paced guest makes up for (default: all)', unit: 'ms' },
-  absorbPendingRewrites: { type: 'boolean', description: 'from the second pass on, count only hot pages not already pending at each bitmap sync, as QEMU does' },
+  absorbPendingRewrites: { type: 'boolean', description: "follow QEMU's own sync loop (a sync whenever the pending RAM drops below the threshold), counting only pages not still pending at each sync, as QEMU does" },
   maxIterations: { type: 'int', min: 1, max: 100_000, default: 1000, description: 'passes after which the prediction gives up' },
   ...jsonOption,
 } as const;

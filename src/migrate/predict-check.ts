@@ -11,8 +11,12 @@
  * - RAM dirtying: uniformHotSetCurve(R, hot set), the hot set from the workload's parameters
  *   (uniform writes over a `memMib` buffer) and R the page-write rate the guest really made over
  *   the 1.5 s before the migration (its write counter, `status`): a starved vCPU loses writes
- *   (the pacer makes up at most 50 ms), so the asked-for rate can be too high. QEMU's count of
- *   new dirty pages at each sync (absorbPendingRewrites);
+ *   (the pacer makes up at most 50 ms), so the asked-for rate can be too high; plus the pages the
+ *   rest of the guest changes (its kernel, the workload's own bookkeeping, the disk workload:
+ *   ~70–110 pages per 0.3–1 s), measured by two guest-memory content scans with the buffer's
+ *   frames masked out (measureBackgroundPages). QEMU's own sync loop and its count of new dirty
+ *   pages at each sync (absorbPendingRewrites), and its TCG syncs waiting for the throttled vCPU
+ *   (syncWaitsForThrottledVcpu) with this host's TCP send buffer (net.ipv4.tcp_wmem);
  * - zero-page share: a scan of the source's guest RAM (/proc/PID/mem, GuestPhysMemory) right
  *   before that migration starts — the pages QEMU will send as zero pages in its first pass. Not
  *   taken from this (or any) migration's own counters;
@@ -36,8 +40,11 @@ import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import { GuestPhysMemory } from '../lab/guest-ram';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
 import { measureThroughput } from '../lab/netns';
-import { uniformHotSetCurve } from '../model/dirty-curve';
+import { measuredCurve, sumCurve, uniformHotSetCurve, type DirtyCurve } from '../model/dirty-curve';
 import { remainingTime } from '../model/need';
+import { DEFAULT_SOCKET_BUFFER_BYTES } from '../model/precopy';
+import { openGuestMemory } from '../sources/guest-memory';
+import { pagesBitmap, ramPagesOfBuffer } from '../lab/accuracy';
 import { quantile } from './concurrent';
 import { MigrationLab, verificationPassed, verifyGuest } from './lab';
 import type { MigrationProgress } from './types';
@@ -64,6 +71,12 @@ export interface PredictCheckOptions {
   mirrorFixedMs?: number;
   /** Fixed cost of the steps around the stop-and-copy, ms (0..10000; default {@link DEFAULT_SWITCHOVER_FIXED_MS}). */
   switchoverFixedMs?: number;
+  /**
+   * Record QEMU's query-migrate RAM figures every this many ms during each RAM phase into the
+   * migration's `trace` (0 = off, the default; else 20..1000): the per-sync figures the model's
+   * sync loop is checked against (docs/BENCHMARKS.md).
+   */
+  traceIntervalMs?: number;
   guest?: GuestImage;
   /** Progress notes (one line each, for humans). */
   onNote?(line: string): void;
@@ -79,6 +92,7 @@ export const PREDICT_CHECK_LIMITS = {
   migrationTimeoutS: [10, 3600],
   mirrorFixedMs: [0, 10_000],
   switchoverFixedMs: [0, 10_000],
+  traceIntervalMs: [20, 1000],
 } as const;
 
 /**
@@ -95,6 +109,63 @@ const OVERLAY_CLUSTER_BYTES = 64 * 1024;
 const DISK_REGION_BYTES = 8 * MiB;
 /** How long the vCPU busy share is sampled before each migration, ms. */
 const BUSY_SAMPLE_MS = 1500;
+/** The two windows over which the guest's dirtying outside the workload's buffer is measured, ms (the second contains the first). */
+const BACKGROUND_WINDOWS_MS = [250, 1000] as const;
+
+/**
+ * Distinct pages the guest changes outside the memory workload's buffer (its kernel, the
+ * workload's own bookkeeping, the disk workload) over windows of BACKGROUND_WINDOWS_MS: guest-memory
+ * content-change scans of the source's RAM with the buffer's frames (report-gpa) masked out.
+ * `[windowSec, pages]` pairs, the window from the end of the baseline scan to the end of each scan.
+ */
+export async function measureBackgroundPages(vm: MigrationLab['source']): Promise<Array<[number, number]>> {
+  const gpa = await vm.reportGpa();
+  const ram = vm.guestRam();
+  const source = openGuestMemory({ pid: vm.pid, ramName: ram.ramName, ramBytes: ram.ramBytes, manual: true });
+  try {
+    const baseline = await source.ready;
+    const outside = pagesBitmap(ramPagesOfBuffer(gpa, ram, source.pagesTotal), source.bitmapBytes).map((b) => ~b & 0xff);
+    const seen = new Uint8Array(source.bitmapBytes);
+    // A scan's interval runs from the previous scan's end to its own end; each page is read at
+    // the same point of every scan, so scan end to scan end is every page's window.
+    const t0 = baseline.tEndMs;
+    const readyAt = performance.now();
+    const points: Array<[number, number]> = [];
+    for (const ms of BACKGROUND_WINDOWS_MS) {
+      const wait = readyAt + ms - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const iv = await source.scanOnce();
+      if (!iv.bitmap) throw new Error('guest-memory scan without a bitmap');
+      let pages = 0;
+      for (let i = 0; i < seen.length; i++) {
+        seen[i]! |= iv.bitmap[i]! & outside[i]!;
+        let b = seen[i]!;
+        while (b) {
+          b &= b - 1;
+          pages++;
+        }
+      }
+      points.push([(iv.tEndMs - t0) / 1000, pages]);
+    }
+    return points;
+  } finally {
+    await source.close();
+  }
+}
+
+/** The host's TCP send-buffer maximum (net.ipv4.tcp_wmem, third field), bytes; Linux's default when unreadable. */
+export function tcpSendBufferMaxBytes(text?: string): number {
+  let t = text;
+  if (t === undefined) {
+    try {
+      t = readFileSync('/proc/sys/net/ipv4/tcp_wmem', 'utf8');
+    } catch {
+      return DEFAULT_SOCKET_BUFFER_BYTES;
+    }
+  }
+  const max = Number(t.trim().split(/\s+/)[2]);
+  return Number.isInteger(max) && max > 0 ? max : DEFAULT_SOCKET_BUFFER_BYTES;
+}
 
 /** One migration of the grid. */
 export interface PredictCheckMigration {
@@ -110,6 +181,8 @@ export interface PredictCheckMigration {
   zeroPageFraction: number;
   /** The vCPU threads' busy share before the migration (CPU time / wall time, summed over vCPUs), 0..vcpus. */
   vcpuBusyFraction: number;
+  /** Pages the guest changed outside the workload's buffer before the migration, `[windowSec, pages]` (measureBackgroundPages). */
+  backgroundPages: Array<[number, number]>;
   phase: 'completed' | 'rolled-back' | 'failed';
   failure?: string;
   /** Predicted total time at the start of the base phase, s (Infinity if the model says pre-copy never converges; null if never predicted). */
@@ -133,6 +206,12 @@ export interface PredictCheckMigration {
   /** Signed (predicted − actual) / actual × 100. */
   signedErrorPct: number | null;
   verified: boolean;
+  /**
+   * With traceIntervalMs: QEMU's figures during the RAM phase and the switchover,
+   * `[tMs since the migration began, dirty-sync-count, remaining pages, transferred bytes,
+   * cpu-throttle-percentage, dirty-pages-rate]`, one row per query answered.
+   */
+  trace?: Array<[number, number, number, number, number, number]>;
 }
 
 export interface PredictCheckReport {
@@ -172,6 +251,7 @@ export function checkPredictCheckOptions(o: PredictCheckOptions): void {
   checkNum('mirrorFixedMs', o.mirrorFixedMs, ...PREDICT_CHECK_LIMITS.mirrorFixedMs, false);
   checkNum('switchoverFixedMs', o.switchoverFixedMs, ...PREDICT_CHECK_LIMITS.switchoverFixedMs, false);
   if (o.diskMib !== undefined && o.diskMib < 8) throw new RangeError('diskMib: must be at least 8');
+  if (o.traceIntervalMs !== undefined && o.traceIntervalMs !== 0) checkNum('traceIntervalMs', o.traceIntervalMs, ...PREDICT_CHECK_LIMITS.traceIntervalMs);
 }
 
 /** Share of `ramBytes` of guest RAM (from GPA 0, one low-RAM region) that is all zero bytes. */
@@ -272,6 +352,7 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
   const note = o.onNote ?? ((): void => undefined);
   const guest = o.guest ?? (await buildGuestImage());
   const goodputs: Record<string, number[]> = {};
+  const socketBufferBytes = tcpSendBufferMaxBytes();
   const migrations: PredictCheckMigration[] = [];
   const w0 = performance.now();
 
@@ -296,6 +377,8 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
           const st = await lab.source.channel.request<{ mem?: MemSummary }>('status', {}, { timeoutMs: 10_000 });
           return [st.mem?.totalWrites ?? 0, performance.now()];
         };
+        // Before the busy share: the scans' own CPU time must not fall in that window.
+        const backgroundPages = await measureBackgroundPages(lab.source);
         const [w0, s0] = await writesAt();
         const busy = await measureVcpuBusy(lab.source.pid, BUSY_SAMPLE_MS);
         const [w1, s1] = await writesAt();
@@ -309,11 +392,26 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
         } finally {
           mem.close();
         }
-        const mig = lab.migration(target, { timeoutMs, stallTimeoutMs: 30_000 });
+        const totalPages = Math.ceil(ram.ramBytes / PAGE_BYTES);
+        const ramDirty: DirtyCurve = sumCurve(
+          uniformHotSetCurve(startRate, (memMib * MiB) / PAGE_BYTES),
+          measuredCurve(backgroundPages, { totalPages }),
+          totalPages,
+        );
+        const traceMs = o.traceIntervalMs ?? 0;
+        const mig = lab.migration(target, { timeoutMs, stallTimeoutMs: 30_000, ...(traceMs > 0 ? { progressIntervalMs: traceMs } : {}) });
         let predicted: Prediction | null = null;
         let maxThrottle = 0;
+        const trace: NonNullable<PredictCheckMigration['trace']> = [];
         mig.on('progress', (p: MigrationProgress) => {
           if (p.phase === 'ram') maxThrottle = Math.max(maxThrottle, p.migration?.cpuThrottlePercent ?? 0);
+          if (traceMs > 0 && p.ram && (p.phase === 'ram' || p.phase === 'switchover')) {
+            const last = trace[trace.length - 1];
+            // Progress events repeat the last answer while a query is outstanding: keep answers only.
+            if (!last || last[3] !== p.ram.transferred || last[1] !== p.ram['dirty-sync-count']) {
+              trace.push([Math.round(p.tMs), p.ram['dirty-sync-count'], p.ram.remaining / PAGE_BYTES, p.ram.transferred, p.migration?.cpuThrottlePercent ?? 0, p.ram['dirty-pages-rate']]);
+            }
+          }
           if (predicted !== null || p.phase !== 'base' || p.baseBytesTotal <= 0) return;
           const setupSec = p.tMs / 1000;
           const r = remainingTime({
@@ -323,7 +421,7 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
               // The overlay's data so far (the mirror copies data clusters, not qcow2 metadata).
               mirrorBytesLeft: overlayDataBytes(setupSec),
               ramBytes: ram.ramBytes,
-              ramDirty: uniformHotSetCurve(startRate, (memMib * MiB) / PAGE_BYTES),
+              ramDirty,
               ramPendingBytes: ram.ramBytes,
               cpuThrottlePct: 0,
             },
@@ -333,6 +431,9 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
             vcpuBusyFraction,
             throttleCatchUpSec: GUEST_PACER_CATCH_UP_SEC,
             absorbPendingRewrites: true,
+            // MigrationLab's guests run under TCG.
+            syncWaitsForThrottledVcpu: true,
+            socketBufferBytes,
             overlayGrowthBytes: (sec) => overlayDataBytes(setupSec + sec) - overlayDataBytes(setupSec),
             fixedCostSec,
           });
@@ -350,7 +451,10 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
             ram: r.ram ? { iterations: r.ram.iterations, bytesSent: r.ram.bytesSent, finalThrottlePct: r.ram.finalThrottlePct } : null,
           };
         });
-        note(`migration: ${rate} pages/s (${startRate.toFixed(0)} made) over ${linkMbit} Mbit/s (zero pages ${(zeroFrac * 100).toFixed(1)} %, vCPU busy ${(busy * 100).toFixed(1)} %)`);
+        note(
+          `migration: ${rate} pages/s (${startRate.toFixed(0)} made) over ${linkMbit} Mbit/s (zero pages ${(zeroFrac * 100).toFixed(1)} %, vCPU busy ${(busy * 100).toFixed(1)} %, ` +
+            `other pages changed ${backgroundPages.map(([sec, n]) => `${n} in ${sec.toFixed(2)} s`).join(', ')})`,
+        );
         const result = await mig.run();
         const onTarget = result.phase === 'completed';
         const channel = onTarget ? target.vm.channel : lab.source.channel;
@@ -369,6 +473,7 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
           linkBytesPerSec: share,
           zeroPageFraction: zeroFrac,
           vcpuBusyFraction: busy,
+          backgroundPages,
           phase: result.phase,
           ...(result.failure ? { failure: `${result.failure.phase}: ${result.failure.errorName}: ${result.failure.message}` } : {}),
           predictedSec: pr === null ? null : pr.totalSec,
@@ -383,6 +488,7 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
           errorPct: signed === null ? null : Math.abs(signed),
           signedErrorPct: signed,
           verified: v !== null && verificationPassed(v),
+          ...(traceMs > 0 ? { trace } : {}),
         };
         migrations.push(row);
         note(

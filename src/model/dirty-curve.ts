@@ -87,6 +87,28 @@ export function constantRateCurve(pagesPerSec: number, maxPages = Infinity): Dir
 }
 
 /**
+ * D(τ) = D_a(τ) + D_b(τ): two guest activities writing disjoint sets of pages, e.g. a workload's
+ * hot set and the rest of the guest (kernel, the workload's own bookkeeping) measured apart. Its
+ * rate and bound are the sums; capped at `maxPages` when given (the guest's page count).
+ */
+export function sumCurve(a: DirtyCurve, b: DirtyCurve, maxPages = Infinity): DirtyCurve {
+  for (const [name, c] of [['a', a], ['b', b]] as const) {
+    if (!c || typeof c.pagesInWindow !== 'function') throw new TypeError(`${name}: must be a DirtyCurve (pagesInWindow(windowSec))`);
+  }
+  if (typeof maxPages !== 'number' || Number.isNaN(maxPages) || maxPages <= 0) {
+    throw new RangeError(`maxPages: must be a number > 0, Infinity allowed (got ${String(maxPages)})`);
+  }
+  return {
+    ratePagesPerSec: a.ratePagesPerSec + b.ratePagesPerSec,
+    maxPages: Math.min(a.maxPages + b.maxPages, maxPages),
+    pagesInWindow(windowSec: number): number {
+      checkWindow(windowSec);
+      return Math.min(a.pagesInWindow(windowSec) + b.pagesInWindow(windowSec), maxPages);
+    },
+  };
+}
+
+/**
  * How a guest's dirtying responds to QEMU's CPU throttle (softmmu/cpu-throttle.c): at p % the
  * throttle timer fires every slice/(1 − p) of wall time (slice = 10 ms) and each vCPU then sleeps
  * slice·p/(1 − p), so it runs `slice` out of every slice/(1 − p).

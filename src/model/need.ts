@@ -91,8 +91,12 @@ export interface RemainingTimeInput {
   vcpuBusyFraction?: number;
   /** Longest vCPU stall a paced guest makes up for, s (default Infinity): see PrecopyInput.throttleCatchUpSec. */
   throttleCatchUpSec?: number;
-  /** Count only newly dirty pages at each sync, as QEMU does (default false): see PrecopyInput.absorbPendingRewrites. */
+  /** QEMU's own sync loop, counting only newly dirty pages at each sync (default false): see PrecopyInput.absorbPendingRewrites. */
   absorbPendingRewrites?: boolean;
+  /** TCG: each bitmap sync waits for the throttled vCPU (default false): see PrecopyInput.syncWaitsForThrottledVcpu. */
+  syncWaitsForThrottledVcpu?: boolean;
+  /** The migration socket's send buffer, bytes: see PrecopyInput.socketBufferBytes. */
+  socketBufferBytes?: number;
   /**
    * Bytes the overlay gains in the next `windowSec` seconds (in `base`; default writeBytesPerSec ×
    * windowSec). A qcow2 overlay allocates whole clusters (64 KiB by default), so small scattered
@@ -182,6 +186,8 @@ export function remainingTime(input: RemainingTimeInput): RemainingTime {
     ...(input.vcpuBusyFraction !== undefined ? { vcpuBusyFraction: input.vcpuBusyFraction } : {}),
     ...(input.throttleCatchUpSec !== undefined ? { throttleCatchUpSec: input.throttleCatchUpSec } : {}),
     ...(input.absorbPendingRewrites !== undefined ? { absorbPendingRewrites: input.absorbPendingRewrites } : {}),
+    ...(input.syncWaitsForThrottledVcpu !== undefined ? { syncWaitsForThrottledVcpu: input.syncWaitsForThrottledVcpu } : {}),
+    ...(input.socketBufferBytes !== undefined ? { socketBufferBytes: input.socketBufferBytes } : {}),
     ...(m.phase === 'ram' ? { pendingBytes: Math.min(m.ramPendingBytes, m.ramBytes), fixedThrottlePct: Math.min(99, Math.max(0, m.cpuThrottlePct)) } : {}),
   });
   out.ram = ram;

@@ -27,27 +27,43 @@
  *   1 − p/100 ≥ b, and one that makes up at most c seconds of a stall (`throttleCatchUpSec`)
  *   starts losing writes once the throttle's sleeps (10 ms·p/(1 − p) each) exceed c: the window
  *   then dirties D(f·τ), f = throttleRunFactor(p) (dirty-curve.ts, from softmmu/cpu-throttle.c).
- * - With `absorbPendingRewrites`, the syncs after the first pass count what QEMU counts: a page
- *   enters the pending set only if it is not pending already (cpu_physical_memory_sync_dirty_bitmap
- *   adds new bits), so a write to a hot page the pass has not sent yet is sent once, with its new
- *   content. Those counts also feed auto-converge (num_dirty_pages_period).
+ * - With `absorbPendingRewrites`, the model follows QEMU's own sync loop instead of whole passes
+ *   (ram_save_pending, migration/ram.c): QEMU syncs the bitmap when the pending RAM drops below
+ *   the threshold, looking after each ram_save_iterate call (MAX_WAIT, QEMU_ITERATE_SEC of
+ *   sending), so about threshold − one call's worth of pages is still pending at each sync; and
+ *   cpu_physical_memory_sync_dirty_bitmap (include/exec/ram_addr.h; the word-wise path and the
+ *   page-wise one alike) counts as new only the pages not already set in the RAMBlock bitmap. So
+ *   a rewrite is absorbed only by a page still pending at the sync, not by every page a pass had
+ *   not sent yet: a page written before it was sent stays set in the global dirty log after
+ *   migration_bitmap_clear_dirty clears its RAMBlock bit, and is counted again. The switchover
+ *   comes at a sync after which pending < threshold, so the pages newly counted between two syncs
+ *   must fall below one call's worth: it converges once the guest's new pages per second
+ *   (dirty rate × (1 − pending-at-sync/hot set)) drop below the pages sent per second. Under TCG
+ *   (`syncWaitsForThrottledVcpu`) each sync also waits for a throttled vCPU to wake (see there).
+ *   Against lab traces of query-migrate every 40 ms (docs/BENCHMARKS.md): 690–780 pages pending
+ *   at a sync at 100 Mbit/s (model 731), 1 335–1 571 at 200 Mbit/s (model 1 462), and with the
+ *   guest's pages outside the workload's buffer measured, QEMU's throttle steps within 0.1–0.8 s.
  *
  * Simplifications (each makes the prediction slightly optimistic or coarser, never hides a
  * non-convergence the rules above would show):
- * - A bitmap sync happens exactly at the end of each pass. QEMU 7.2 syncs when the remaining
- *   dirty bytes drop below the threshold, so a few pages of the previous pass ride along, and
- *   near the threshold it syncs on every 50–100 ms loop: QEMU's dirty-sync-count is therefore
- *   larger than `iterations` here. For the same reason QEMU switches over with the tail of the
- *   last pass still pending, so its real downtime is usually close to the limit: `downtimeMs`
- *   here is a lower bound (the pages dirtied during the last pass only), the limit × 4104/4096
- *   the upper one. Total times are barely affected (the tail is sent either way): against the
- *   tick-level QEMU 7.2 loop of src/sim/migration.ts they agree within 4 % (docs/BENCHMARKS.md).
+ * - Without `absorbPendingRewrites`, a bitmap sync happens exactly at the end of each pass.
+ *   QEMU 7.2 syncs when the remaining dirty bytes drop below the threshold, so a few pages of the
+ *   previous pass ride along, and near the threshold it syncs on every 50–100 ms loop: QEMU's
+ *   dirty-sync-count is therefore larger than `iterations` here. For the same reason QEMU
+ *   switches over with the tail of the last pass still pending, so its real downtime is usually
+ *   close to the limit: `downtimeMs` here is a lower bound (the pages dirtied during the last pass
+ *   only), the limit × 4104/4096 the upper one. Total times are barely affected (the tail is sent
+ *   either way): against the tick-level QEMU 7.2 loop of src/sim/migration.ts they agree within
+ *   4 % (docs/BENCHMARKS.md). With `absorbPendingRewrites` the syncs are QEMU's own; the pages
+ *   pending at a sync are taken as threshold − one call's worth, which is what the lab traces show
+ *   (a crossing uniform within a call would leave half a call more; bursts of the socket's send
+ *   buffer and the 64-page granularity of the call's clock check make the calls uneven).
  * - The throttle changes only at syncs (QEMU also changes it only there) and acts at once
  *   (QEMU's throttle timer needs one 10 ms slice).
  * - Scanning zero pages costs no time beyond their headers on the wire; device state, the
  *   bitmap sync itself and TCP overhead are not modelled; the bandwidth is constant.
  */
-import { DirtyCurve, ThrottleResponse, throttledPages } from './dirty-curve';
+import { DirtyCurve, ThrottleResponse, throttledPages, throttleRunFactor } from './dirty-curve';
 
 /** QEMU 7.2's migration parameter defaults (migration/migration.c). */
 export const QEMU_DEFAULTS = Object.freeze({
@@ -66,6 +82,15 @@ export const PAGE_HEADER_BYTES = 8;
 export const ZERO_PAGE_WIRE_BYTES = PAGE_HEADER_BYTES + 1;
 /** QEMU only re-evaluates auto-converge at syncs more than this far apart. */
 export const THROTTLE_PERIOD_SEC = 1;
+/**
+ * migration/ram.c MAX_WAIT: one ram_save_iterate call sends for about this long before QEMU
+ * looks at the pending RAM again (and syncs the bitmap when it is below the threshold), s.
+ */
+export const QEMU_ITERATE_SEC = 0.05;
+/** softmmu/cpu-throttle.c CPU_THROTTLE_TIMESLICE_NS: the vCPU's run slice per throttle cycle, s. */
+export const THROTTLE_SLICE_SEC = 0.01;
+/** Linux's default net.ipv4.tcp_wmem maximum, bytes: how much a TCP socket's send buffer can hold. */
+export const DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 
 export interface PrecopyInput {
   /** Guest RAM, bytes (> 0). */
@@ -106,24 +131,46 @@ export interface PrecopyInput {
    */
   throttleCatchUpSec?: number;
   /**
-   * Count only the pages QEMU counts (default false). QEMU's bitmap sync adds a dirtied page to
-   * the pending set only if it is not pending already (cpu_physical_memory_sync_dirty_bitmap
-   * counts new bits): a write to a page the current pass has not sent yet costs nothing extra.
-   * true models that for a bounded hot set (`dirty.maxPages` finite) from the second pass on: of
-   * the hot pages a pass sends, only those written after they went out come back. The first
-   * (bulk) pass of a fresh migration is still counted in full: that is what QEMU 7.2 did on the
-   * lab's TCG guests (docs/BENCHMARKS.md, "Predictor vs reality": right after the first sync the
-   * pending RAM, and the bytes unthrottled migrations send, match every distinct page written
-   * during the bulk pass). Caveat: on TCG, QEMU before 9.0 does not re-arm the TLB's dirty
-   * tracking when a sync clears bits (fixed by "physmem: ... cpu_physical_memory_dirty_bits_cleared",
-   * Fixes: aa8dc044772), so after the first sync stores through cached TLB entries go uncounted;
-   * this option matched the lab's bytes and auto-converge steps, but on TCG part of what it
-   * models is that under-count. On KVM (exact dirty log) QEMU's rule applies to the first pass
-   * too; that case is not measured here. Off, every distinct page dirtied during any pass is sent
-   * again — the rule the simulator (src/sim/migration.ts) also uses, kept as the default so the
-   * two stay comparable (in the lab it sent ~14 % more bytes than QEMU under auto-converge).
+   * Follow QEMU 7.2's own sync loop and count only the pages QEMU counts (default false).
+   * QEMU does not sync the dirty bitmap at the end of a pass: ram_save_pending syncs when the
+   * pending RAM drops below the switchover threshold (bandwidth × downtime-limit), checked after
+   * each ram_save_iterate call (~QEMU_ITERATE_SEC of sending), so about threshold − one call's
+   * worth of pages is still pending at each sync. cpu_physical_memory_sync_dirty_bitmap counts as
+   * new only the bits not already set in the RAMBlock bitmap, so a rewrite is absorbed only by a
+   * page STILL PENDING at the sync: a page written before it was sent in the interval had its bit
+   * in the global dirty log, got sent (its bitmap bit cleared, the log is not), and is counted
+   * again. So: between two syncs the guest dirties D(τ) pages; of the r pages pending at the
+   * sync, r·D(τ)/maxPages were among them (hot pages, uniform writes) and are not counted; at the
+   * first sync the pending pages are the end of RAM in scan order, not the hot set, so
+   * r·D(τ)/totalPages. The switchover happens at a sync after which pending < threshold, so the
+   * pages dirtied between two syncs must fall below one call's worth, not below the threshold.
+   * Those counts also feed auto-converge (num_dirty_pages_period). Each perIteration entry is then
+   * one sync interval (QEMU's dirty-sync-count), not one pass over the pending set.
+   * Off: whole passes, a sync at the end of each, every distinct page dirtied in a pass sent again
+   * — the rule the simulator (src/sim/migration.ts) is compared with (test/unit/model-precopy-vs-sim).
    */
   absorbPendingRewrites?: boolean;
+  /**
+   * QEMU's TCG accelerator (default false; only with absorbPendingRewrites): every bitmap sync
+   * ends with run_on_cpu(do_nothing) on the vCPU (softmmu/physmem.c tcg_log_global_after_sync,
+   * via memory_global_after_dirty_log_sync), which runs only after the vCPU's current throttle
+   * sleep (cpu_throttle_thread: THROTTLE_SLICE_SEC·p/(1 − p), 0.99 s at 99 %) has ended. So under
+   * a throttle of p a sync that falls in a sleep waits for the vCPU's next wake-up (wake-ups every
+   * THROTTLE_SLICE_SEC/(1 − p), counted from the sync that last raised the throttle); meanwhile
+   * the migration thread sends nothing new, but the link keeps draining the socket's send buffer
+   * (`socketBufferBytes`), which QEMU refills at once after the wait; and a paced guest's writes
+   * come as one burst per wake-up, counted by the sync window that holds it. KVM syncs do not
+   * wait. Not modelled: QEMU's next bandwidth estimate spans the wait and reads low, so the
+   * threshold the following sync must beat is lower; at 99 % that makes QEMU's tail a matter of
+   * luck (4–10 s in the lab traces where this model says ~3 s; docs/BENCHMARKS.md).
+   */
+  syncWaitsForThrottledVcpu?: boolean;
+  /**
+   * Send buffer of the migration socket, bytes (0..1 GiB; default DEFAULT_SOCKET_BUFFER_BYTES,
+   * Linux's tcp_wmem maximum): what the link sends while QEMU's migration thread waits in a sync
+   * (syncWaitsForThrottledVcpu).
+   */
+  socketBufferBytes?: number;
   /** Pre-copy passes after which the prediction gives up (1..100 000, default 1000). QEMU itself never gives up. */
   maxIterations?: number;
   /**
@@ -156,6 +203,13 @@ export interface PrecopyIteration {
   dirtiedPages: number;
   /** CPU throttle in force during this pass, percent. */
   throttlePct: number;
+  /**
+   * With absorbPendingRewrites: pages still pending when this interval's sync counted (QEMU's
+   * RAMBlock bitmap bits it did not count again), and the time the sync waited for a throttled
+   * vCPU (included in durationSec; syncWaitsForThrottledVcpu).
+   */
+  pendingAtSyncPages?: number;
+  syncWaitSec?: number;
 }
 
 export interface PrecopyPrediction {
@@ -207,6 +261,8 @@ interface Resolved {
   /** undefined = CPU-bound (1 − p). */
   response: ThrottleResponse | undefined;
   absorbPendingRewrites: boolean;
+  syncWaitsForThrottledVcpu: boolean;
+  socketBufferBytes: number;
 }
 
 function num(name: string, value: unknown, min: number, max: number, opts: { integer?: boolean; minExclusive?: boolean } = {}): number {
@@ -243,8 +299,11 @@ function resolve(input: PrecopyInput): Resolved {
     pendingBytes: undefined,
     response: undefined,
     absorbPendingRewrites: input.absorbPendingRewrites ?? false,
+    syncWaitsForThrottledVcpu: input.syncWaitsForThrottledVcpu ?? false,
+    socketBufferBytes: num('socketBufferBytes', input.socketBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES, 0, 1024 ** 3),
   };
   if (typeof r.absorbPendingRewrites !== 'boolean') throw new TypeError(`absorbPendingRewrites: must be a boolean (got ${String(input.absorbPendingRewrites)})`);
+  if (typeof r.syncWaitsForThrottledVcpu !== 'boolean') throw new TypeError(`syncWaitsForThrottledVcpu: must be a boolean (got ${String(input.syncWaitsForThrottledVcpu)})`);
   if (input.vcpuBusyFraction !== undefined || input.throttleCatchUpSec !== undefined) {
     const vcpuBusyFraction = num('vcpuBusyFraction', input.vcpuBusyFraction ?? 1, 0, 1, { minExclusive: true });
     const catchUpSec = num('throttleCatchUpSec', input.throttleCatchUpSec ?? Infinity, 0, Infinity);
@@ -261,6 +320,11 @@ const fmtMiB = (bytes: number): string => `${(bytes / MiB).toFixed(bytes < 10 * 
 
 /** The simulation itself, on validated input; no toConverge search. */
 function simulate(r: Resolved): PrecopyPrediction {
+  return r.absorbPendingRewrites ? simulateSyncLoop(r) : simulatePasses(r);
+}
+
+/** Whole passes, a sync at the end of each (absorbPendingRewrites off). */
+function simulatePasses(r: Resolved): PrecopyPrediction {
   const wire = Math.min(r.bandwidthBytesPerSec, r.maxBandwidthBytesPerSec);
   const pageWire = r.pageBytes + PAGE_HEADER_BYTES;
   const thresholdBytes = wire * (r.downtimeLimitMs / 1000);
@@ -282,19 +346,10 @@ function simulate(r: Resolved): PrecopyPrediction {
   const perIteration: PrecopyIteration[] = [];
   const capNote = r.bandwidthBytesPerSec > r.maxBandwidthBytesPerSec ? ` (link capped by max-bandwidth ${fmtMiB(r.maxBandwidthBytesPerSec)}/s)` : '';
 
-  // Hot pages in the current pass's send set: all of them in a fresh first pass; after that every
-  // page a pass sends (what the guest dirtied) is hot.
-  // An unbounded curve (maxPages = Infinity) says every write hits a fresh page: no overlap.
-  const hotPages = r.absorbPendingRewrites && Number.isFinite(r.dirty.maxPages) ? Math.min(r.dirty.maxPages, totalPages) : Infinity;
-  // A resumed pass sends pages the guest dirtied, hot ones. A fresh first pass is counted in
-  // full (see absorbPendingRewrites: measured, QEMU's first sync finds about every page written
-  // during the bulk pass).
-  let hotInPass = r.pendingBytes === undefined ? 0 : Math.min(Math.ceil(r.pendingBytes / r.pageBytes), hotPages);
-
   for (let k = 1; ; k++) {
     const durationSec = sendBytes / wire;
     const throttleDuring = throttle;
-    const dirtied = newlyDirtied(r, durationSec, throttleDuring, hotPages, hotInPass, totalPages);
+    const dirtied = Math.min(throttledPages(r.dirty, durationSec, throttleDuring, r.response), totalPages);
     perIteration.push({ iteration: k, sendBytes, durationSec, dirtiedPages: dirtied, throttlePct: throttleDuring });
     t += durationSec;
     bytesSent += sendBytes;
@@ -362,30 +417,211 @@ function simulate(r: Resolved): PrecopyPrediction {
       return notConverged(`does not converge ${at}: no switchover within ${r.maxIterations} passes, ${fmtMiB(pendingBytes)} still pending, threshold ${fmtMiB(thresholdBytes)}`);
     }
     sendBytes = nextSend;
-    hotInPass = Math.min(dirtied, hotPages);
   }
 }
 
-/** Points of the Simpson rule averaging D over a pass (even). */
-const SIMPSON_INTERVALS = 16;
+/** Syncs in a row without a new lowest pending, the throttle unable to rise: it does not converge. */
+const STALE_SYNCS = 8;
 
 /**
- * Pages the bitmap sync at the end of a pass of `durationSec` finds newly dirty. A write to a page
- * still waiting to be sent in this pass costs nothing extra (its bit is already set; QEMU sends
- * the new content and does not count it at the sync): of the `hotInPass` hot pages the pass sends,
- * at uniformly spread times u, only those written after u count, in expectation the average of
- * D(d − u)/H over the pass; the other H − hotInPass hot pages count if written at all, D(d)/H.
- * Without a bounded hot set (maxPages = Infinity) this is D(d), every write a fresh page.
+ * QEMU 7.2's sync loop (absorbPendingRewrites): each step sends until the pending RAM is below
+ * the threshold (then QEMU looks after each ram_save_iterate call, so about one call's worth
+ * below it is still pending), syncs — counting only the dirtied pages not still pending — maybe
+ * waits for a throttled TCG vCPU, and switches over when the pending RAM after the sync is below
+ * the threshold.
  */
-function newlyDirtied(r: Resolved, durationSec: number, throttlePct: number, hotPages: number, hotInPass: number, totalPages: number): number {
-  const all = throttledPages(r.dirty, durationSec, throttlePct, r.response);
-  if (!Number.isFinite(hotPages) || hotPages <= 0 || hotInPass <= 0 || all === 0) return Math.min(all, totalPages);
-  const n = SIMPSON_INTERVALS;
-  let sum = all;
-  for (let i = 1; i < n; i++) sum += (i % 2 ? 4 : 2) * throttledPages(r.dirty, (durationSec * i) / n, throttlePct, r.response);
-  const meanPages = sum / (3 * n);
-  const sent = Math.min(hotInPass, hotPages);
-  return Math.min((all * (hotPages - sent)) / hotPages + (meanPages * sent) / hotPages, totalPages);
+function simulateSyncLoop(r: Resolved): PrecopyPrediction {
+  const wire = Math.min(r.bandwidthBytesPerSec, r.maxBandwidthBytesPerSec);
+  const pageWire = r.pageBytes + PAGE_HEADER_BYTES;
+  const thresholdBytes = wire * (r.downtimeLimitMs / 1000);
+  // ram_save_pending compares pages × page size with the threshold.
+  const thresholdPages = thresholdBytes / r.pageBytes;
+  const callPages = (wire * QEMU_ITERATE_SEC) / pageWire;
+  const leftAtSync = Math.max(0, thresholdPages - callPages);
+  const totalPages = Math.ceil(r.ramBytes / r.pageBytes);
+  const zeroPages = Math.round(totalPages * r.zeroPageFraction);
+  // Pages the guest dirties are hot pages: a pending one was written during τ with probability
+  // D(τ)/maxPages (uniform writes over the bounded set); an unbounded curve never rewrites.
+  const hotPages = Number.isFinite(r.dirty.maxPages) && r.dirty.maxPages > 0 ? Math.min(r.dirty.maxPages, totalPages) : Infinity;
+  const capNote = r.bandwidthBytesPerSec > r.maxBandwidthBytesPerSec ? ` (link capped by max-bandwidth ${fmtMiB(r.maxBandwidthBytesPerSec)}/s)` : '';
+
+  // Pending pages: the rest of a fresh first pass (zero pages among them: mean wire cost
+  // firstPageWire), which QEMU's scan reaches before it wraps round, and pages dirtied since.
+  const fresh = r.pendingBytes === undefined;
+  const firstPageWire = totalPages > 0 ? ((totalPages - zeroPages) * pageWire + zeroPages * ZERO_PAGE_WIRE_BYTES) / totalPages : pageWire;
+  let firstPass = fresh ? totalPages : 0;
+  let dirty = fresh ? 0 : Math.ceil((r.pendingBytes ?? 0) / r.pageBytes);
+  const take = (pages: number): number => {
+    const a = Math.min(firstPass, pages);
+    firstPass -= a;
+    const b = Math.min(dirty, pages - a);
+    dirty -= b;
+    return a * firstPageWire + b * pageWire;
+  };
+
+  let throttle = r.fixedThrottlePct;
+  let throttling = throttle > 0;
+  let highCount = 0;
+  let periodStartSec = 0;
+  let periodDirtyBytes = 0;
+  let periodXferBytes = 0;
+  let t = 0;
+  let bytesSent = 0;
+  // Guest time since the last count, in seconds of unthrottled running (what D is a function of).
+  let guestSec = 0;
+  // A time at which the throttled vCPU wakes; its throttle cycles are counted from there.
+  let wakeSec = 0;
+  const runFactor = (p: number): number => (r.response === undefined ? 1 - p / 100 : throttleRunFactor(p, r.response));
+  // The guest's running between `from` and `to` under a throttle of p. When the syncs wait for
+  // the vCPU's wake-ups they are locked to its cycle, so its writes are not spread evenly over a
+  // sync interval: a paced guest makes each cycle's writes in the slice after a wake-up. Then
+  // count whole cycles by their bursts (a cycle's worth of running each), else the mean rate.
+  // After a raise the throttle timer's current cycle runs out at the old percentage first.
+  let oldThrottle = 0;
+  let oldThrottleUntilSec = -Infinity;
+  const advance = (from: number, to: number, p: number): void => {
+    if (!(to > from)) return;
+    if (from < oldThrottleUntilSec) {
+      const mid = Math.min(to, oldThrottleUntilSec);
+      guestSec += (mid - from) * runFactor(oldThrottle);
+      if (mid >= to) return;
+      from = mid;
+    }
+    if (r.syncWaitsForThrottledVcpu && p > 0) {
+      const cycle = THROTTLE_SLICE_SEC / (1 - p / 100);
+      const burst = wakeSec + THROTTLE_SLICE_SEC / 2;
+      const n = Math.floor((to - burst) / cycle) - Math.floor((from - burst) / cycle);
+      guestSec += n * cycle * runFactor(p);
+    } else guestSec += (to - from) * runFactor(p);
+  };
+  // What the link drained from the socket while the last sync waited: QEMU refills it at once.
+  let creditBytes = 0;
+  let firstSync = fresh;
+  let minPending = Infinity;
+  let stale = 0;
+  const perIteration: PrecopyIteration[] = [];
+
+  for (let k = 1; ; k++) {
+    const throttleDuring = throttle;
+    let pending = firstPass + dirty;
+    let sendBytes = 0;
+    const instant = Math.min(pending, creditBytes / pageWire);
+    creditBytes = 0;
+    if (instant > 0) {
+      sendBytes += take(instant);
+      pending -= instant;
+    }
+    let leftPages: number;
+    let sendSec: number;
+    if (instant > 0 && pending < thresholdPages) {
+      // Already below the threshold after the refill: one call's worth, then the next sync.
+      const call = Math.min(pending, callPages);
+      const b = take(call);
+      sendBytes += b;
+      sendSec = b / wire;
+      leftPages = pending - call;
+    } else {
+      const n = Math.max(0, pending - leftAtSync);
+      const b = take(n);
+      sendBytes += b;
+      sendSec = b / wire;
+      leftPages = pending - n;
+    }
+    advance(t, t + sendSec, throttleDuring);
+    t += sendSec;
+    bytesSent += sendBytes;
+
+    // The sync: what the guest dirtied since the last one, less the pages still pending then.
+    const all = Math.min(r.dirty.pagesInWindow(guestSec), totalPages);
+    const writtenShare = firstSync ? all / totalPages : Number.isFinite(hotPages) ? Math.min(1, all / hotPages) : 0;
+    const dirtied = Math.max(0, Math.min(all - leftPages * writtenShare, totalPages - leftPages));
+    dirty += dirtied;
+    guestSec = 0;
+    firstSync = false;
+
+    let waitSec = 0;
+    if (r.syncWaitsForThrottledVcpu && throttleDuring > 0) {
+      const cycle = THROTTLE_SLICE_SEC / (1 - throttleDuring / 100);
+      const into = (((t - wakeSec) % cycle) + cycle) % cycle;
+      if (into > THROTTLE_SLICE_SEC) waitSec = cycle - into;
+    }
+    advance(t, t + waitSec, throttleDuring);
+    t += waitSec;
+    creditBytes = Math.min(wire * waitSec, r.socketBufferBytes);
+
+    // Auto-converge bookkeeping, as in migration_bitmap_sync (after the wait).
+    let raised = false;
+    periodDirtyBytes += dirtied * r.pageBytes;
+    periodXferBytes += sendBytes;
+    if (t - periodStartSec > THROTTLE_PERIOD_SEC) {
+      if (r.autoConverge && periodDirtyBytes > (periodXferBytes * r.throttleTriggerThresholdPct) / 100 && ++highCount >= 2) {
+        highCount = 0;
+        const next = throttling ? Math.min(throttle + r.cpuThrottleIncrementPct, r.maxCpuThrottlePct) : r.cpuThrottleInitialPct;
+        raised = next !== throttle;
+        throttle = next;
+        throttling = true;
+        if (raised) {
+          // cpu_throttle_set: switching the throttle on ticks the timer at once (a sleep at the new
+          // percentage starts now); a later raise takes effect at the running timer's next tick,
+          // on average half an old cycle away.
+          const oldCycle = throttleDuring > 0 ? THROTTLE_SLICE_SEC / (1 - throttleDuring / 100) : 0;
+          oldThrottle = throttleDuring;
+          oldThrottleUntilSec = t + oldCycle / 2;
+          wakeSec = oldThrottleUntilSec + THROTTLE_SLICE_SEC / (1 - throttle / 100) - THROTTLE_SLICE_SEC;
+        }
+      }
+      periodStartSec = t;
+      periodDirtyBytes = 0;
+      periodXferBytes = 0;
+    }
+
+    perIteration.push({
+      iteration: k,
+      sendBytes,
+      durationSec: sendSec + waitSec,
+      dirtiedPages: dirtied,
+      throttlePct: throttleDuring,
+      pendingAtSyncPages: leftPages,
+      syncWaitSec: waitSec,
+    });
+    const pendingPages = firstPass + dirty;
+    const pendingBytes = pendingPages * r.pageBytes;
+    const base = { iterations: k, wireBytesPerSec: wire, thresholdBytes, perIteration, finalThrottlePct: throttle, pendingBytes };
+    if (pendingBytes < thresholdBytes || pendingPages === 0) {
+      const stopCopyBytes = firstPass * firstPageWire + dirty * pageWire;
+      const downtimeSec = stopCopyBytes / wire;
+      const throttleNote = throttleDuring > 0 ? ` with the guest throttled to ${throttleDuring}%` : '';
+      return {
+        ...base,
+        converges: true,
+        bytesSent: bytesSent + stopCopyBytes,
+        totalSec: t + downtimeSec,
+        downtimeMs: downtimeSec * 1000,
+        reason: `converges after ${k} bitmap sync${k > 1 ? 's' : ''}${throttleNote}: ${fmtMiB(pendingBytes)} pending < ${fmtMiB(thresholdBytes)} switchover threshold (${fmtMiB(wire)}/s × ${r.downtimeLimitMs} ms)${capNote}`,
+      };
+    }
+    const notConverged = (why: string): PrecopyPrediction => ({ ...base, converges: false, bytesSent, totalSec: t, downtimeMs: NaN, reason: why + capNote });
+    const throttleCanRise = r.autoConverge && throttle < r.maxCpuThrottlePct;
+    const at = throttleCanRise
+      ? `throttle ${throttle}%`
+      : r.autoConverge
+        ? `at the maximum CPU throttle ${throttle}%`
+        : `without auto-converge${throttle > 0 ? ` (throttle fixed at ${throttle}%)` : ''}`;
+    if (raised || throttleCanRise) {
+      minPending = Infinity;
+      stale = 0;
+    } else if (pendingPages < minPending * (1 - 1e-9)) {
+      minPending = pendingPages;
+      stale = 0;
+    } else if (++stale >= STALE_SYNCS) {
+      return notConverged(
+        `does not converge ${at}: the pending RAM after each sync stops shrinking at ${fmtMiB(minPending * r.pageBytes)}, above the ${fmtMiB(thresholdBytes)} switchover threshold (${fmtMiB(wire)}/s × ${r.downtimeLimitMs} ms)`,
+      );
+    }
+    if (k >= r.maxIterations) {
+      return notConverged(`does not converge ${at}: no switchover within ${r.maxIterations} syncs, ${fmtMiB(pendingBytes)} still pending, threshold ${fmtMiB(thresholdBytes)}`);
+    }
+  }
 }
 
 /**

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { constantRateCurve, measuredCurve, throttledPages, uniformHotSetCurve } from '../../src/model/dirty-curve';
+import { constantRateCurve, measuredCurve, sumCurve, throttledPages, uniformHotSetCurve } from '../../src/model/dirty-curve';
 
 const close = (actual: number, expected: number, rel: number, msg?: string): void => {
   assert.ok(Math.abs(actual - expected) <= rel * Math.abs(expected), `${msg ?? ''} ${actual} not within ${rel * 100}% of ${expected}`);
@@ -134,4 +134,20 @@ test('measuredCurve: subnormal counts between close windows stay within the segm
     const d = m.pagesInWindow(w);
     assert.ok(Number.isFinite(d) && d >= 5e-324 && d <= 8.881784197000537e-16, `D(${w}) = ${d}`);
   }
+});
+
+test('sumCurve: a hot set plus the rest of the guest, capped at the page count', () => {
+  const hot = uniformHotSetCurve(12000, 4096);
+  const rest = measuredCurve([[0.25, 70], [1, 100]]);
+  const both = sumCurve(hot, rest, 32768);
+  for (const w of [0, 0.01, 0.25, 0.5, 1, 3, 100]) close(both.pagesInWindow(w) + 1e-300, hot.pagesInWindow(w) + rest.pagesInWindow(w) + 1e-300, 1e-12, `w=${w}`);
+  assert.equal(both.ratePagesPerSec, 12000 + 280);
+  close(both.maxPages, 4096 + rest.maxPages, 1e-12);
+  const capped = sumCurve(constantRateCurve(1000), constantRateCurve(500), 2000);
+  assert.equal(capped.pagesInWindow(1), 1500);
+  assert.equal(capped.pagesInWindow(10), 2000);
+  assert.equal(capped.maxPages, 2000);
+  assert.throws(() => sumCurve(hot, {} as never), /b: must be a DirtyCurve/);
+  assert.throws(() => sumCurve(hot, rest, 0), /maxPages: must be a number > 0/);
+  assert.throws(() => both.pagesInWindow(-1), /windowSec/);
 });

@@ -334,9 +334,12 @@ test('vcpuBusyFraction: 1 (explicit) is the default; a paced lab guest needs QEM
   const cpuBound = predictPrecopy(lab);
   const paced = predictPrecopy({ ...lab, vcpuBusyFraction: 0.1, throttleCatchUpSec: 0.05 });
   assert.ok(cpuBound.converges && paced.converges);
-  // CPU-bound, the first step (20 %) already cuts 12 000 to 9600 pages/s, enough; paced, nothing
+  // QEMU's loop converges once the pages newly counted per second fall below the pages sent per
+  // second (s = 23.3e6 / 4104 = 5677): the guest's rate × (1 − r/H), r = 1423 pages still pending
+  // at each sync. CPU-bound, 20 % leaves 9600 × 0.65 = 6270 (it levels off at ~450 pages a sync,
+  // above the 284 that switch over), 30 % leaves 8400 × 0.65 = 5485: enough. Paced, nothing
   // changes up to 80 % and 90 % is the first step that cuts the rate (to 0.6 × 12 000).
-  assert.equal(cpuBound.finalThrottlePct, 20);
+  assert.equal(cpuBound.finalThrottlePct, 30);
   assert.equal(paced.finalThrottlePct, 90);
   assert.ok(paced.totalSec > 1.5 * cpuBound.totalSec, `${paced.totalSec} vs ${cpuBound.totalSec}`);
   // Up to 80 % the paced guest's passes dirty what unthrottled ones of the same length would.
@@ -350,42 +353,106 @@ test('vcpuBusyFraction: 1 (explicit) is the default; a paced lab guest needs QEM
   assert.throws(() => predictPrecopy({ ...lab, throttleCatchUpSec: -0.1 }), /throttleCatchUpSec: must be a number ≥ 0/);
 });
 
-test('absorbPendingRewrites: from the second pass on, a write to a page not sent yet is not sent again (closed form)', () => {
-  // Uniform hot set H at R pages/s. The first pass is counted in full either way: H(1 − e^(−x1)),
-  // x1 = R·d1/H. In the second pass the S pages it sends (all hot) go out at uniform times u and
-  // come back only if written after u, the other H − S hot pages if written at all:
-  // (H − S)(1 − e^(−x2)) + S(1 − (1 − e^(−x2))/x2), x2 = R·d2/H.
+test('absorbPendingRewrites: QEMU syncs with a threshold less one call still pending; only those pages absorb rewrites (closed form)', () => {
+  // Uniform hot set H at R pages/s, nothing throttled. QEMU syncs once the pending RAM is below
+  // the threshold T = bw × 0.3 s (in pages of 4096 B), looking after each ~50 ms call, so
+  // L = T − bw × 0.05 / 4104 pages are still pending at every sync. The first sync counts what the
+  // guest wrote during the first interval, D1 = H(1 − e^(−R d1/H)), d1 = (N − L) × 4104 / bw, less
+  // the L pending pages it wrote to: those are the end of RAM, L × D1/N. Each later interval sends
+  // what the previous sync added, and its sync counts D2 less L × D2/H (the pending pages are hot).
   const ramBytes = 256 * MiB;
   const bw = 50 * MiB;
   const H = 8192;
-  const d1 = ((ramBytes / 4096) * 4104) / bw;
-  const R = H / d1; // x1 = 1
+  const N = ramBytes / 4096;
+  const T = (bw * 0.3) / 4096;
+  const L = T - (bw * 0.05) / PAGE_WIRE;
+  const d1 = ((N - L) * PAGE_WIRE) / bw;
+  const R = H / d1; // R d1 / H = 1
   const input: PrecopyInput = { ramBytes, zeroPageFraction: 0, bandwidthBytesPerSec: bw, downtimeLimitMs: 300, dirty: uniformHotSetCurve(R, H), autoConverge: false, explain: false };
   const off = predictPrecopy(input);
   const on = predictPrecopy({ ...input, absorbPendingRewrites: true });
-  const S = H * (1 - Math.exp(-1));
-  close(off.perIteration[0]!.dirtiedPages, S, 1e-12);
-  close(on.perIteration[0]!.dirtiedPages, S, 1e-12);
-  const d2 = (S * 4104) / bw;
-  const x2 = (R * d2) / H;
-  close(on.perIteration[1]!.durationSec, d2, 1e-12);
-  close(off.perIteration[1]!.dirtiedPages, H * (1 - Math.exp(-x2)), 1e-12);
-  close(on.perIteration[1]!.dirtiedPages, (H - S) * (1 - Math.exp(-x2)) + S * (1 - (1 - Math.exp(-x2)) / x2), 1e-6);
-  assert.ok(on.perIteration[1]!.dirtiedPages < 0.8 * off.perIteration[1]!.dirtiedPages);
-  // An unbounded curve has no hot set to overlap: nothing changes.
-  const line: PrecopyInput = { ...input, dirty: constantRateCurve(3000) };
-  assert.deepEqual(predictPrecopy({ ...line, absorbPendingRewrites: true }), predictPrecopy(line));
-  // Never more pages, so never a longer migration with the throttle held (property).
+  const D1 = H * (1 - Math.exp(-1));
+  const new1 = D1 - (L * D1) / N;
+  close(on.perIteration[0]!.durationSec, d1, 1e-12);
+  close(on.perIteration[0]!.pendingAtSyncPages!, L, 1e-12);
+  close(on.perIteration[0]!.dirtiedPages, new1, 1e-12);
+  const d2 = (new1 * PAGE_WIRE) / bw;
+  const D2 = H * (1 - Math.exp((-R * d2) / H));
+  close(on.perIteration[1]!.durationSec, d2, 1e-9);
+  close(on.perIteration[1]!.dirtiedPages, D2 - (L * D2) / H, 1e-9);
+  // The pass model (off) counts every page written during a whole pass.
+  close(off.perIteration[0]!.dirtiedPages, H * (1 - Math.exp((-R * ((N * PAGE_WIRE) / bw)) / H)), 1e-12);
+  assert.equal(off.perIteration[0]!.pendingAtSyncPages, undefined);
+  // Bookkeeping: the intervals add up to the time before the stop-and-copy, the bytes to what was sent.
+  for (const p of [on, off]) {
+    assert.ok(p.converges);
+    close(p.perIteration.reduce((a, i) => a + i.durationSec, 0) + p.downtimeMs / 1000, p.totalSec, 1e-9);
+  }
+  const stopCopy = (on.downtimeMs / 1000) * bw;
+  close(on.perIteration.reduce((a, i) => a + i.sendBytes, 0) + stopCopy, on.bytesSent, 1e-9);
+  assert.ok(on.pendingBytes < on.thresholdBytes);
+  // Properties: a sync never counts more than the guest wrote since the last one, leaves at most
+  // the threshold pending, and the pages it counts are never more than the pass model's.
   fc.assert(
-    fc.property(fc.integer({ min: 100, max: 40000 }), fc.integer({ min: 256, max: 100000 }), fc.integer({ min: 5, max: 100 }), (r, h, mbps) => {
-      const i: PrecopyInput = { ramBytes: 512 * MiB, zeroPageFraction: 0, bandwidthBytesPerSec: mbps * MiB, downtimeLimitMs: 300, dirty: uniformHotSetCurve(r, h), autoConverge: false, explain: false, maxIterations: 200 };
-      const a = predictPrecopy(i);
+    fc.property(fc.integer({ min: 100, max: 40000 }), fc.integer({ min: 256, max: 100000 }), fc.integer({ min: 5, max: 100 }), fc.boolean(), (r, h, mbps, ac) => {
+      const i: PrecopyInput = { ramBytes: 512 * MiB, zeroPageFraction: 0.1, bandwidthBytesPerSec: mbps * MiB, downtimeLimitMs: 300, dirty: uniformHotSetCurve(r, h), autoConverge: ac, explain: false, maxIterations: 300 };
       const b = predictPrecopy({ ...i, absorbPendingRewrites: true });
-      assert.equal(b.perIteration[0]!.dirtiedPages, a.perIteration[0]!.dirtiedPages);
-      if (a.perIteration.length > 1) assert.ok(b.perIteration[1]!.dirtiedPages <= a.perIteration[1]!.dirtiedPages * (1 + 1e-12));
-      if (a.converges) assert.ok(b.converges && b.totalSec <= a.totalSec * (1 + 1e-9), `${b.totalSec} vs ${a.totalSec}`);
+      const thresholdPages = b.thresholdBytes / 4096;
+      let before = 0;
+      for (const it of b.perIteration) {
+        // Right after a raise the timer's current cycle still runs at the old percentage.
+        const written = Math.min(uniformHotSetCurve(r * throttleRunFactor(Math.min(before, it.throttlePct)), h).pagesInWindow(it.durationSec), (512 * MiB) / 4096);
+        before = it.throttlePct;
+        assert.ok(it.dirtiedPages <= written * (1 + 1e-9) + 1e-9, `${it.dirtiedPages} > ${written}`);
+        assert.ok(it.pendingAtSyncPages! <= thresholdPages * (1 + 1e-12));
+        assert.equal(it.syncWaitSec, 0);
+      }
+      if (b.converges) assert.ok(b.pendingBytes < b.thresholdBytes);
     }),
     { numRuns: 60 },
   );
   assert.throws(() => predictPrecopy({ ...input, absorbPendingRewrites: 'yes' as unknown as boolean }), /absorbPendingRewrites: must be a boolean/);
+});
+
+test('syncWaitsForThrottledVcpu (TCG): a sync under a throttle of p completes at a vCPU wake-up; the socket keeps sending meanwhile', () => {
+  // Throttle fixed at 99 %: the vCPU sleeps 0.99 s and runs 0.01 s in every second, wake-ups at
+  // whole seconds. A hot set that refills the threshold each second keeps QEMU syncing.
+  const base: PrecopyInput = {
+    ramBytes: 128 * MiB,
+    zeroPageFraction: 0.25,
+    bandwidthBytesPerSec: 12e6,
+    downtimeLimitMs: 300,
+    dirty: uniformHotSetCurve(12000, 4096),
+    vcpuBusyFraction: 0.1,
+    throttleCatchUpSec: 0.05,
+    absorbPendingRewrites: true,
+    autoConverge: false,
+    fixedThrottlePct: 99,
+    explain: false,
+  };
+  const kvm = predictPrecopy(base);
+  const tcg = predictPrecopy({ ...base, syncWaitsForThrottledVcpu: true });
+  assert.ok(kvm.perIteration.every((i) => i.syncWaitSec === 0));
+  let t = 0;
+  let waited = 0;
+  for (const [k, it] of tcg.perIteration.entries()) {
+    t += it.durationSec;
+    // After each sync (and its wait) the time is a wake-up or inside the 10 ms run slice after one.
+    const into = t - Math.floor(t + 1e-9);
+    assert.ok(into <= 0.01 + 1e-9 || into >= 1 - 1e-9, `sync ${k + 1} ends ${into} s into a cycle`);
+    assert.ok(it.syncWaitSec! >= 0 && it.syncWaitSec! < 0.99 + 1e-9);
+    if (it.syncWaitSec! > 0) {
+      waited++;
+      // The link drained the socket meanwhile; QEMU refills it at once in the next interval.
+      const next = tcg.perIteration[k + 1];
+      if (next) assert.ok(next.sendBytes >= Math.min(12e6 * it.syncWaitSec!, 4 * MiB) - 1e-6 || next.pendingAtSyncPages === 0, `${next.sendBytes}`);
+    }
+  }
+  assert.ok(waited > 0);
+  assert.ok(tcg.totalSec > kvm.totalSec);
+  // With no socket buffer nothing moves during a wait: never faster.
+  const noBuffer = predictPrecopy({ ...base, syncWaitsForThrottledVcpu: true, socketBufferBytes: 0 });
+  assert.ok(!noBuffer.converges || noBuffer.totalSec >= tcg.totalSec - 1e-9);
+  assert.throws(() => predictPrecopy({ ...base, syncWaitsForThrottledVcpu: 1 as unknown as boolean }), /syncWaitsForThrottledVcpu: must be a boolean/);
+  assert.throws(() => predictPrecopy({ ...base, socketBufferBytes: -1 }), /socketBufferBytes: must be a number ≥ 0/);
 });

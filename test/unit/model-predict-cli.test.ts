@@ -82,7 +82,10 @@ test('dpa predict --json: a wall-clock paced guest (--vcpu-busy-pct, --throttle-
   assert.equal(b.input.vcpuBusyFraction, 0.1);
   assert.equal(b.input.throttleCatchUpSec, 0.05);
   assert.equal(b.input.absorbPendingRewrites, true);
-  assert.equal(a.prediction.finalThrottlePct, 20);
+  // QEMU's sync loop (--absorb-pending-rewrites): a CPU-bound guest at 20 % still dirties more new
+  // pages per second than the link sends (model-precopy.test.ts derives 30 %); a paced one loses
+  // nothing to the throttle until 90 %.
+  assert.equal(a.prediction.finalThrottlePct, 30);
   assert.equal(b.prediction.finalThrottlePct, 90);
   assert.ok(b.prediction.totalSec > a.prediction.totalSec);
 });

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { parseNumberList } from '../../src/cli/lab-predict-check';
 import { readFileSync } from 'node:fs';
-import { checkPredictCheckOptions, measureVcpuBusy, parseTaskStat, zeroPageShare } from '../../src/migrate/predict-check';
+import { checkPredictCheckOptions, measureVcpuBusy, parseTaskStat, tcpSendBufferMaxBytes, zeroPageShare } from '../../src/migrate/predict-check';
 
 const PAGE = 4096;
 
@@ -48,7 +48,10 @@ test('checkPredictCheckOptions names the bad option and its range', () => {
   assert.throws(() => checkPredictCheckOptions(null as never), TypeError);
   assert.throws(() => checkPredictCheckOptions({ mirrorFixedMs: -1 }), /mirrorFixedMs: must be a number from 0 to 10000/);
   assert.throws(() => checkPredictCheckOptions({ switchoverFixedMs: 20_000 }), /switchoverFixedMs: must be a number from 0 to 10000/);
-  assert.doesNotThrow(() => checkPredictCheckOptions({ dirtyPagesPerSec: [0, 12000], linkMbit: [100, 200], diskMib: 16 }));
+  assert.throws(() => checkPredictCheckOptions({ traceIntervalMs: 5 }), /traceIntervalMs: must be an integer from 20 to 1000/);
+  assert.throws(() => checkPredictCheckOptions({ traceIntervalMs: 40.5 }), /traceIntervalMs: must be an integer from 20 to 1000/);
+  assert.doesNotThrow(() => checkPredictCheckOptions({ traceIntervalMs: 0 }));
+  assert.doesNotThrow(() => checkPredictCheckOptions({ dirtyPagesPerSec: [0, 12000], linkMbit: [100, 200], diskMib: 16, traceIntervalMs: 40 }));
 });
 
 test('parseNumberList parses a comma list and rejects bad items by option name', () => {
@@ -71,4 +74,14 @@ test('parseTaskStat: thread name with spaces and parentheses, utime + stime in t
 
 test('measureVcpuBusy: a process without vCPU threads is an error, not a zero', async () => {
   await assert.rejects(measureVcpuBusy(process.pid, 10), /no vCPU thread/);
+});
+
+test('tcpSendBufferMaxBytes: the third field of net.ipv4.tcp_wmem, Linux default when unusable', () => {
+  assert.equal(tcpSendBufferMaxBytes('4096\t16384\t4194304\n'), 4194304);
+  assert.equal(tcpSendBufferMaxBytes('4096 87380 6291456'), 6291456);
+  assert.equal(tcpSendBufferMaxBytes('4096 16384'), 4 * 1024 * 1024);
+  assert.equal(tcpSendBufferMaxBytes('a b c'), 4 * 1024 * 1024);
+  // This host's own value, as the kernel reports it.
+  const host = Number(readFileSync('/proc/sys/net/ipv4/tcp_wmem', 'utf8').trim().split(/\s+/)[2]);
+  assert.equal(tcpSendBufferMaxBytes(), host);
 });
