@@ -26,6 +26,8 @@ const options = {
   vcpuBusyPct: { type: 'number', min: 0.1, max: 100, default: 100, description: "share of the time the guest's vCPUs are busy unthrottled (100 = CPU-bound: the throttle cuts dirtying in proportion)", unit: '%' },
   throttleCatchUpMs: { type: 'number', min: 0, max: 1e9, description: 'longest vCPU stall a wall-clock paced guest makes up for (default: all)', unit: 'ms' },
   absorbPendingRewrites: { type: 'boolean', description: "follow QEMU's own sync loop (a sync whenever the pending RAM drops below the threshold), counting only pages not still pending at each sync, as QEMU does" },
+  tcgSyncWait: { type: 'boolean', description: 'QEMU on TCG: each bitmap sync waits for a throttled vCPU to wake (needs --absorb-pending-rewrites)' },
+  socketBufferKib: { type: 'int', min: 0, max: 1024 * 1024, description: "the migration socket's send buffer, drained while a sync waits (default: Linux's tcp_wmem maximum, 4 MiB)", unit: 'KiB' },
   maxIterations: { type: 'int', min: 1, max: 100_000, default: 1000, description: 'passes after which the prediction gives up' },
   ...jsonOption,
 } as const;
@@ -47,13 +49,15 @@ function table(p: PrecopyPrediction): string[] {
 export const command = defineCommand({
   words: ['predict'],
   summary: 'predict QEMU 7.2 pre-copy RAM migration: passes, total time, downtime, auto-converge throttle',
-  usage: '--ram-mib M --dirty-pages-per-sec R [--hot-pages H] --bandwidth-mbit B [--downtime-ms D] [--zero-page-pct Z] [--no-auto-converge] [--vcpu-busy-pct B] [--throttle-catch-up-ms C] [--absorb-pending-rewrites] [--json]',
+  usage: '--ram-mib M --dirty-pages-per-sec R [--hot-pages H] --bandwidth-mbit B [--downtime-ms D] [--zero-page-pct Z] [--no-auto-converge] [--vcpu-busy-pct B] [--throttle-catch-up-ms C] [--absorb-pending-rewrites [--tcg-sync-wait] [--socket-buffer-kib K]] [--json]',
   options,
   async run(o, _positionals, io) {
     const ramBytes = o.ramMib * MiB;
     const ramPages = Math.ceil(ramBytes / PAGE_BYTES);
     const hotPages = (o.hotPages as number | undefined) ?? ramPages;
     if (hotPages > ramPages) throw new RangeError(`--hot-pages: must be an integer from 1 to ${ramPages} (the guest's pages) (got ${hotPages})`);
+    if (o.tcgSyncWait === true && o.absorbPendingRewrites !== true) throw new RangeError("--tcg-sync-wait: models a step of QEMU's sync loop, so it needs --absorb-pending-rewrites");
+    if (o.socketBufferKib !== undefined && o.tcgSyncWait !== true) throw new RangeError('--socket-buffer-kib: only matters while a sync waits, so it needs --tcg-sync-wait');
     const input = {
       ramBytes,
       zeroPageFraction: o.zeroPagePct / 100,
@@ -69,6 +73,8 @@ export const command = defineCommand({
       vcpuBusyFraction: o.vcpuBusyPct / 100,
       ...(o.throttleCatchUpMs !== undefined ? { throttleCatchUpSec: (o.throttleCatchUpMs as number) / 1000 } : {}),
       absorbPendingRewrites: o.absorbPendingRewrites === true,
+      ...(o.tcgSyncWait === true ? { syncWaitsForThrottledVcpu: true } : {}),
+      ...(o.socketBufferKib !== undefined ? { socketBufferBytes: (o.socketBufferKib as number) * 1024 } : {}),
     };
     const p = predictPrecopy({ ...input, dirty: uniformHotSetCurve(o.dirtyPagesPerSec, hotPages) });
     if (o.json) {

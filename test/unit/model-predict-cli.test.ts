@@ -88,4 +88,16 @@ test('dpa predict --json: a wall-clock paced guest (--vcpu-busy-pct, --throttle-
   assert.equal(a.prediction.finalThrottlePct, 30);
   assert.equal(b.prediction.finalThrottlePct, 90);
   assert.ok(b.prediction.totalSec > a.prediction.totalSec);
+
+  // TCG: each sync waits for the throttled vCPU's wake-up (the link meanwhile drains the socket
+  // buffer, and the guest's writes come in bursts), so the prediction changes.
+  const tcg = await run([...common, '--vcpu-busy-pct', '10', '--throttle-catch-up-ms', '50', '--tcg-sync-wait', '--socket-buffer-kib', '4096']);
+  assert.equal(tcg.code, 0);
+  const c = JSON.parse(tcg.out) as Doc & { input: { syncWaitsForThrottledVcpu?: boolean; socketBufferBytes?: number } };
+  assert.equal(c.input.syncWaitsForThrottledVcpu, true);
+  assert.equal(c.input.socketBufferBytes, 4 * 1024 * 1024);
+  assert.ok(Math.abs(c.prediction.totalSec - b.prediction.totalSec) > 0.05, `${c.prediction.totalSec} vs ${b.prediction.totalSec}`);
+  const bad = await run(['predict', '--ram-mib', '128', '--dirty-pages-per-sec', '100', '--bandwidth-mbit', '100', '--tcg-sync-wait']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.err, /--tcg-sync-wait: .*needs --absorb-pending-rewrites/);
 });
