@@ -323,6 +323,47 @@ function simulate(r: Resolved): PrecopyPrediction {
   return r.absorbPendingRewrites ? simulateSyncLoop(r) : simulatePasses(r);
 }
 
+/**
+ * QEMU 7.2's auto-converge bookkeeping at a bitmap sync (migration_bitmap_sync → mig_throttle_guest_down):
+ * over periods of more than THROTTLE_PERIOD_SEC, a period whose dirtied bytes exceed
+ * throttle-trigger-threshold % of the bytes sent counts as high; at the second high period in a
+ * row the throttle is switched on at cpu-throttle-initial or raised by cpu-throttle-increment.
+ */
+class AutoConverge {
+  throttlePct: number;
+  private throttling: boolean;
+  private highCount = 0;
+  private periodStartSec = 0;
+  private periodDirtyBytes = 0;
+  private periodXferBytes = 0;
+
+  constructor(private readonly r: Resolved) {
+    this.throttlePct = r.fixedThrottlePct;
+    this.throttling = this.throttlePct > 0;
+  }
+
+  /** A sync at `nowSec` after `dirtiedBytes` new dirty bytes and `sentBytes` sent since the last: true when it raised the throttle. */
+  sync(nowSec: number, dirtiedBytes: number, sentBytes: number): boolean {
+    const r = this.r;
+    let raised = false;
+    this.periodDirtyBytes += dirtiedBytes;
+    this.periodXferBytes += sentBytes;
+    if (nowSec - this.periodStartSec > THROTTLE_PERIOD_SEC) {
+      if (r.autoConverge && this.periodDirtyBytes > (this.periodXferBytes * r.throttleTriggerThresholdPct) / 100 && ++this.highCount >= 2) {
+        this.highCount = 0;
+        const next = this.throttling ? Math.min(this.throttlePct + r.cpuThrottleIncrementPct, r.maxCpuThrottlePct) : r.cpuThrottleInitialPct;
+        raised = next !== this.throttlePct;
+        this.throttlePct = next;
+        this.throttling = true;
+      }
+      this.periodStartSec = nowSec;
+      this.periodDirtyBytes = 0;
+      this.periodXferBytes = 0;
+    }
+    return raised;
+  }
+}
+
 /** Whole passes, a sync at the end of each (absorbPendingRewrites off). */
 function simulatePasses(r: Resolved): PrecopyPrediction {
   const wire = Math.min(r.bandwidthBytesPerSec, r.maxBandwidthBytesPerSec);
@@ -331,12 +372,8 @@ function simulatePasses(r: Resolved): PrecopyPrediction {
   const totalPages = Math.ceil(r.ramBytes / r.pageBytes);
   const zeroPages = Math.round(totalPages * r.zeroPageFraction);
 
-  let throttle = r.fixedThrottlePct;
-  let throttling = throttle > 0;
-  let highCount = 0;
-  let periodStartSec = 0;
-  let periodDirtyBytes = 0;
-  let periodXferBytes = 0;
+  const ac = new AutoConverge(r);
+  let throttle = ac.throttlePct;
   let t = 0;
   let bytesSent = 0;
   let sendBytes =
@@ -355,21 +392,8 @@ function simulatePasses(r: Resolved): PrecopyPrediction {
     bytesSent += sendBytes;
 
     // Bitmap sync at the end of the pass: auto-converge bookkeeping first, as in migration_bitmap_sync.
-    let raised = false;
-    periodDirtyBytes += dirtied * r.pageBytes;
-    periodXferBytes += sendBytes;
-    if (t - periodStartSec > THROTTLE_PERIOD_SEC) {
-      if (r.autoConverge && periodDirtyBytes > (periodXferBytes * r.throttleTriggerThresholdPct) / 100 && ++highCount >= 2) {
-        highCount = 0;
-        const next = throttling ? Math.min(throttle + r.cpuThrottleIncrementPct, r.maxCpuThrottlePct) : r.cpuThrottleInitialPct;
-        raised = next !== throttle;
-        throttle = next;
-        throttling = true;
-      }
-      periodStartSec = t;
-      periodDirtyBytes = 0;
-      periodXferBytes = 0;
-    }
+    const raised = ac.sync(t, dirtied * r.pageBytes, sendBytes);
+    throttle = ac.throttlePct;
 
     const pendingBytes = dirtied * r.pageBytes;
     const base = { iterations: k, wireBytesPerSec: wire, thresholdBytes, perIteration, finalThrottlePct: throttle, pendingBytes };
@@ -459,12 +483,8 @@ function simulateSyncLoop(r: Resolved): PrecopyPrediction {
     return a * firstPageWire + b * pageWire;
   };
 
-  let throttle = r.fixedThrottlePct;
-  let throttling = throttle > 0;
-  let highCount = 0;
-  let periodStartSec = 0;
-  let periodDirtyBytes = 0;
-  let periodXferBytes = 0;
+  const ac = new AutoConverge(r);
+  let throttle = ac.throttlePct;
   let t = 0;
   let bytesSent = 0;
   // Guest time since the last count, in seconds of unthrottled running (what D is a function of).
@@ -550,29 +570,16 @@ function simulateSyncLoop(r: Resolved): PrecopyPrediction {
     creditBytes = Math.min(wire * waitSec, r.socketBufferBytes);
 
     // Auto-converge bookkeeping, as in migration_bitmap_sync (after the wait).
-    let raised = false;
-    periodDirtyBytes += dirtied * r.pageBytes;
-    periodXferBytes += sendBytes;
-    if (t - periodStartSec > THROTTLE_PERIOD_SEC) {
-      if (r.autoConverge && periodDirtyBytes > (periodXferBytes * r.throttleTriggerThresholdPct) / 100 && ++highCount >= 2) {
-        highCount = 0;
-        const next = throttling ? Math.min(throttle + r.cpuThrottleIncrementPct, r.maxCpuThrottlePct) : r.cpuThrottleInitialPct;
-        raised = next !== throttle;
-        throttle = next;
-        throttling = true;
-        if (raised) {
-          // cpu_throttle_set: switching the throttle on ticks the timer at once (a sleep at the new
-          // percentage starts now); a later raise takes effect at the running timer's next tick,
-          // on average half an old cycle away.
-          const oldCycle = throttleDuring > 0 ? THROTTLE_SLICE_SEC / (1 - throttleDuring / 100) : 0;
-          oldThrottle = throttleDuring;
-          oldThrottleUntilSec = t + oldCycle / 2;
-          wakeSec = oldThrottleUntilSec + THROTTLE_SLICE_SEC / (1 - throttle / 100) - THROTTLE_SLICE_SEC;
-        }
-      }
-      periodStartSec = t;
-      periodDirtyBytes = 0;
-      periodXferBytes = 0;
+    const raised = ac.sync(t, dirtied * r.pageBytes, sendBytes);
+    throttle = ac.throttlePct;
+    if (raised) {
+      // cpu_throttle_set: switching the throttle on ticks the timer at once (a sleep at the new
+      // percentage starts now); a later raise takes effect at the running timer's next tick,
+      // on average half an old cycle away.
+      const oldCycle = throttleDuring > 0 ? THROTTLE_SLICE_SEC / (1 - throttleDuring / 100) : 0;
+      oldThrottle = throttleDuring;
+      oldThrottleUntilSec = t + oldCycle / 2;
+      wakeSec = oldThrottleUntilSec + THROTTLE_SLICE_SEC / (1 - throttle / 100) - THROTTLE_SLICE_SEC;
     }
 
     perIteration.push({
