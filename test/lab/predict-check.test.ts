@@ -1,21 +1,18 @@
 /**
- * Predictor vs reality on real parts (QEMU 7.2 TCG guests, a tbf-shaped link): three single
- * migrations at 200 Mbit/s with the guest dirtying 500, 4000 and 12000 pages/s over a 16 MiB hot
- * set, each predicted at its start by the model alone (src/migrate/predict-check.ts says which
- * inputs it may use: goodput, write rate, zero pages and vCPU busy share measured before the
- * migration, never its own counters).
+ * Predictor vs reality on real parts (QEMU 7.2 TCG guests, a tbf-shaped link): six single
+ * migrations, the guest dirtying 500, 4000 and 12000 pages/s over a 16 MiB hot set, at 100 and
+ * 200 Mbit/s, each predicted at its start by the model alone (src/migrate/predict-check.ts says
+ * which inputs it may use: goodput, write rate, the guest's other dirtied pages, zero pages and
+ * vCPU busy share measured before the migration, never its own counters). ~3 min.
  *
- * Bounds come from measurement (docs/BENCHMARKS.md "Predictor vs reality": the grid run 6 times
- * and this test 3 times, load 1–11 on 2 shared cores). At 200 Mbit/s the unthrottled cases
- * (500, 4000 pages/s) were within 9.7 %: ≤ 15 % is asserted. At 12000 pages/s QEMU throttles
- * the guest; 8 of 9 runs were within 5.6 %, the model naming QEMU's top throttle (90 %; once QEMU
- * stopped at 80 %), but in one QEMU switched over at 50 % after 16.6 s instead of ~24 s
- * (predicted 24.1 s, +45 %): the host starved the guest's vCPU, which then lost writes (its
- * pacer makes up at most 50 ms) — something no input measured at the start can foresee. So for the throttled case only the direction the
- * fix is about is asserted: the model is not optimistic (error ≥ −15 %; the old CPU-bound model
- * was −42 %), and it does not name a lower throttle than QEMU reached (the old model said 20 % or
- * 40 % where QEMU went to 90 %). The issue's target, p90 ≤ 10 %, is not asserted: it was not
- * met over the full grid at these loads.
+ * Bounds come from measurement (docs/BENCHMARKS.md "Predictor vs reality": the grid run 5 times
+ * with this model, 30 migrations, pooled p90 5.6 %). Five of the six cases were within 5.7 % in
+ * every run: ≤ 15 % is asserted for each. The sixth, 12000 pages/s at 100 Mbit/s, is QEMU's luck
+ * at a 99 % throttle under TCG: after each ~0.9 s vCPU sleep QEMU's next bandwidth window reads
+ * low and so does its switchover threshold, and it took 37–48 s where the model says ~35 s
+ * (−3.2 to −26.8 %); for it the model must not be more than 35 % optimistic and must name a
+ * throttle at least QEMU's. Over the six: median ≤ 5 %, and all but the worst ≤ 10 % (the
+ * issue's p90 over one grid of six is its maximum; pooled over runs it is met, see the doc).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -26,20 +23,24 @@ const needQemu = needs('qemu', qemuMissing());
 const needRoot = needs('root', rootMissing());
 const prereq = needQemu.skip ? needQemu : needRoot;
 
-test('predict-check: 3 migrations at 200 Mbit/s, predicted vs actual total time, throttle and bytes', { ...prereq, timeout: 300_000 }, async (t) => {
-  const r = await runPredictCheck({ dirtyPagesPerSec: [500, 4000, 12000], linkMbit: [200] });
+test('predict-check: 6 migrations at 3 dirty rates × 2 link speeds, predicted vs actual total time, throttle and bytes', { ...prereq, timeout: 600_000 }, async (t) => {
+  const r = await runPredictCheck({ dirtyPagesPerSec: [500, 4000, 12000], linkMbit: [100, 200] });
   const why = JSON.stringify(r);
   for (const m of r.migrations) {
     t.diagnostic(
-      `${m.dirtyPagesPerSec} pages/s: predicted ${m.predictedSec?.toFixed(2)} s, actual ${m.actualSec.toFixed(2)} s, error ${m.signedErrorPct?.toFixed(1)} %, ` +
+      `${m.dirtyPagesPerSec} pages/s @ ${m.linkMbit} Mbit/s: predicted ${m.predictedSec?.toFixed(2)} s, actual ${m.actualSec.toFixed(2)} s, error ${m.signedErrorPct?.toFixed(1)} %, ` +
         `throttle ${m.predictedRam?.finalThrottlePct}/${m.actualMaxThrottlePct} %, bytes ${((m.predictedRam?.bytesSent ?? 0) / 1e6).toFixed(1)}/${((m.actualRam?.bytesSent ?? 0) / 1e6).toFixed(1)} MB, vCPU busy ${(m.vcpuBusyFraction * 100).toFixed(1)} %`,
     );
   }
-  assert.equal(r.migrations.length, 3, why);
-  assert.equal(r.completed, 3, why);
-  // The link is measured, not assumed: tbf 200 Mbit/s gives ~95 % of it as TCP goodput.
-  const link = r.linkBytesPerSec['200']!;
-  assert.ok(link > 0.8 * (200e6 / 8) && link < 200e6 / 8, why);
+  t.diagnostic(`p50 ${r.p50ErrorPct?.toFixed(1)} %, p90 ${r.p90ErrorPct?.toFixed(1)} %`);
+  assert.equal(r.migrations.length, 6, why);
+  assert.equal(r.completed, 6, why);
+  // The links are measured, not assumed: tbf gives ~95 % of its rate as TCP goodput.
+  for (const mbit of [100, 200]) {
+    const link = r.linkBytesPerSec[String(mbit)]!;
+    assert.ok(link > 0.8 * ((mbit * 1e6) / 8) && link < (mbit * 1e6) / 8, why);
+  }
+  const at = (rate: number, mbit: number): (typeof r.migrations)[number] => r.migrations.find((m) => m.dirtyPagesPerSec === rate && m.linkMbit === mbit)!;
   for (const m of r.migrations) {
     assert.equal(m.phase, 'completed', why);
     assert.equal(m.verified, true, why);
@@ -56,29 +57,29 @@ test('predict-check: 3 migrations at 200 Mbit/s, predicted vs actual total time,
     const [[w1, b1], [w2, b2]] = m.backgroundPages as [[number, number], [number, number]];
     assert.ok(w1 >= 0.2 && w1 < 0.8 && w2 >= 0.9 && w2 < 2.5, why);
     assert.ok(b1 > 0 && b2 >= b1 && b2 < 2000, why);
-    // Bytes on the wire (model incl. stop-and-copy vs QEMU's transferred): within 10 % where
-    // the guest kept writing (0.96–1.02 measured at 200 Mbit/s); a starved guest makes QEMU send less.
+    // Bytes on the wire (model incl. stop-and-copy vs QEMU's transferred): not 10 % short.
     const bytes = m.predictedRam!.bytesSent / m.actualRam!.bytesSent;
-    assert.ok(bytes > 0.9, `${m.dirtyPagesPerSec} pages/s: bytes ratio ${bytes} ${why}`);
+    assert.ok(bytes > 0.9, `${m.dirtyPagesPerSec} pages/s @ ${m.linkMbit}: bytes ratio ${bytes} ${why}`);
+    // The model never names a lower throttle than QEMU reached.
+    assert.ok(m.predictedRam!.finalThrottlePct >= m.actualMaxThrottlePct, `${m.dirtyPagesPerSec} @ ${m.linkMbit}: throttle ${m.predictedRam!.finalThrottlePct} vs ${m.actualMaxThrottlePct} ${why}`);
+    const tail = m.dirtyPagesPerSec === 12000 && m.linkMbit === 100;
+    if (tail) assert.ok(m.signedErrorPct! >= -35 && m.signedErrorPct! <= 15, `12000 @ 100: ${m.signedErrorPct} % ${why}`);
+    else assert.ok(m.errorPct! <= 15, `${m.dirtyPagesPerSec} pages/s @ ${m.linkMbit}: ${m.signedErrorPct} % ${why}`);
   }
-  const [slow, mid, fast] = r.migrations;
-  // Unthrottled at 500 and 4000 pages/s: both agree, and the time is within 15 % (measured ≤ 9.7 %).
-  for (const m of [slow!, mid!]) {
-    assert.equal(m.predictedRam!.finalThrottlePct, 0, why);
-    assert.equal(m.actualMaxThrottlePct, 0, why);
-    assert.ok(m.errorPct! <= 15, `${m.dirtyPagesPerSec} pages/s: ${m.signedErrorPct} % ${why}`);
-    assert.ok(m.predictedRam!.bytesSent / m.actualRam!.bytesSent < 1.1, why);
+  // Unthrottled where the link outruns the dirtying: both agree on no throttle.
+  for (const [rate, mbit] of [[500, 100], [500, 200], [4000, 200]] as const) {
+    assert.equal(at(rate, mbit).predictedRam!.finalThrottlePct, 0, why);
+    assert.equal(at(rate, mbit).actualMaxThrottlePct, 0, why);
   }
-  // Throttled at 12000 pages/s: QEMU needs auto-converge, and the model is neither optimistic
-  // about the time nor about the throttle the paced guest needs.
-  assert.ok(fast!.actualMaxThrottlePct >= 20, why);
-  assert.ok(fast!.predictedRam!.finalThrottlePct >= 80, why);
-  assert.ok(fast!.predictedRam!.finalThrottlePct >= fast!.actualMaxThrottlePct, why);
-  assert.ok(fast!.signedErrorPct! >= -15, `12000 pages/s: ${fast!.signedErrorPct} % ${why}`);
+  // Throttled at 12000 pages/s on both links (and 4000 at 100 Mbit/s): QEMU needs auto-converge.
+  for (const [rate, mbit] of [[12000, 100], [12000, 200], [4000, 100]] as const) assert.ok(at(rate, mbit).actualMaxThrottlePct >= 20, why);
   // The model follows QEMU's own sync loop (a sync whenever the pending RAM drops below the
-  // threshold), so its syncs are QEMU's dirty-sync-count: 70–83 vs 79–82 measured; the old
-  // pass model said 49.
-  const syncs = fast!.predictedRam!.iterations / fast!.actualRam!.iterations;
-  assert.ok(syncs > 0.65 && syncs < 1.35, `syncs ${fast!.predictedRam!.iterations}/${fast!.actualRam!.iterations} ${why}`);
-  assert.ok(fast!.actualSec > 2 * slow!.actualSec && fast!.predictedSec! > 2 * slow!.predictedSec!, why);
+  // threshold), so its syncs are QEMU's dirty-sync-count (70–83 vs 79–82 measured at 12000 pages/s
+  // and 200 Mbit/s; the old pass model said 49).
+  const fast = at(12000, 200);
+  const syncs = fast.predictedRam!.iterations / fast.actualRam!.iterations;
+  assert.ok(syncs > 0.65 && syncs < 1.35, `syncs ${fast.predictedRam!.iterations}/${fast.actualRam!.iterations} ${why}`);
+  // Over the grid: median ≤ 5 %, all but the worst ≤ 10 %.
+  const errs = r.migrations.map((m) => m.errorPct!).sort((a, b) => a - b);
+  assert.ok(errs[2]! <= 5 && errs[4]! <= 10, `errors ${errs.map((e) => e.toFixed(1)).join(', ')}`);
 });
