@@ -1,8 +1,12 @@
 /**
  * Issue 5's target "guest write throughput kept ≥ 80 % of what the link share allows", on real
- * parts (QEMU 7.2 TCG, one tbf-shaped 150 Mbit/s link, three concurrent LXD-shaped migrations of
- * guests writing 64 KiB O_DIRECT blocks, one at a time), into an Ω they cannot fill (1 GiB: not
- * binding for the governor's plan either), so the governor has no reason to throttle.
+ * parts (QEMU 7.2 TCG, one 150 Mbit/s link with per-flow fair queueing, three concurrent
+ * LXD-shaped migrations of guests writing 64 KiB O_DIRECT blocks, one at a time), into an Ω they
+ * cannot fill (1 GiB: not binding for the governor's plan either), so the governor has no reason
+ * to throttle. The link is fair so that each stream gets its share: on a FIFO a mirror that
+ * starts while other migrations' RAM streams fill the queue can be held to a trickle for seconds
+ * (once 12.6 s, its guest's writes waiting 1.2 s each), which is TCP's doing, not the governor's;
+ * docs/BENCHMARKS.md has the FIFO runs.
  *
  * The target as written: each governed guest writes ≥ 80 % of min(demand, U/N), U the link's
  * measured goodput and N(t) the migrations in flight. At 2 MiB/s per guest this 2-core host can
@@ -28,7 +32,7 @@ const prereq = needQemu.skip ? needQemu : needRoot;
 
 test('governed guests write ≥ 80 % of min(demand, U/N) where the host can carry the demand', { ...prereq, timeout: 300_000 }, async (t) => {
   const writesPerSec = 32; // × 64 KiB = 2 MiB/s per guest
-  const r = await runConcurrentMigrations({ vms: 3, omegaMib: 1024, linkMbit: 150, diskWritesPerSec: writesPerSec });
+  const r = await runConcurrentMigrations({ vms: 3, omegaMib: 1024, linkMbit: 150, diskWritesPerSec: writesPerSec, linkQueue: 'fair' });
   const base = r.runs.baseline!;
   const gov = r.runs.governed!;
   const why = JSON.stringify({ ...r, runs: { baseline: base, governed: { ...gov, timeline: undefined } } });
