@@ -156,3 +156,28 @@ export class GuestPhysMemory {
     if (b - a !== Math.max(length, 1) - 1) throw new RangeError(`gpa: 0x${gpa.toString(16)}+${length} crosses a RAM region boundary`);
   }
 }
+
+const ZERO_SCAN_CHUNK_BYTES = 1024 * 1024;
+
+/** Share of `ramBytes` of guest RAM (from GPA 0, one low-RAM region) that is all zero bytes. */
+export function zeroPageShare(mem: Pick<GuestPhysMemory, 'read'>, ramBytes: number): number {
+  const chunk = new Uint8Array(ZERO_SCAN_CHUNK_BYTES);
+  const words = new Uint32Array(chunk.buffer);
+  const wordsPerPage = 4096 / 4;
+  let zero = 0;
+  let pages = 0;
+  for (let gpa = 0; gpa < ramBytes; gpa += ZERO_SCAN_CHUNK_BYTES) {
+    const len = Math.min(ZERO_SCAN_CHUNK_BYTES, ramBytes - gpa);
+    const view = len === ZERO_SCAN_CHUNK_BYTES ? chunk : chunk.subarray(0, len);
+    mem.read(gpa, view);
+    const n = len / 4096;
+    for (let p = 0; p < n; p++) {
+      let w = p * wordsPerPage;
+      const end = w + wordsPerPage;
+      while (w < end && words[w] === 0) w++;
+      if (w === end) zero++;
+    }
+    pages += n;
+  }
+  return pages ? zero / pages : 0;
+}

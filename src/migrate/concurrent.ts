@@ -17,8 +17,11 @@
  * - dataVerified: each guest, where it ended up (target if completed, source if rolled back),
  *   stops its workloads and checks every page and block it wrote (guest workload `verify`);
  * - prediction: when a migration's base phase starts, src/model's remainingTime (base, mirror and
- *   pre-copy via predictPrecopy) with the measured link shared K ways and the guest's stated write
- *   rates predicts its total time; the error is |predicted − actual| / actual.
+ *   pre-copy via predictPrecopy) with the measured link shared K ways, the guest's stated write
+ *   rates and its RAM's zero-page share (scanned once its workloads run, as predict-check does)
+ *   predicts its total time; the error is |predicted − actual| / actual. A fleet-wide prediction
+ *   (the K migrations in the simulator) was tried and did no better: both models let synchronous
+ *   writes take their demand from the link share, where a queue-depth-1 writer gets less.
  * - write share (the target "guest write throughput kept ≥ 80 % of what the link share allows"):
  *   per migration, `writeBytesPerSec` is what the guest's disk workload itself completed (its
  *   `totalWrites` counter read over the guest channel just before the migrations start and again
@@ -54,6 +57,8 @@ import { performance } from 'node:perf_hooks';
 import { Governor } from '../governor/governor';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
+import { GuestPhysMemory, zeroPageShare } from '../lab/guest-ram';
+import { quantile } from '../util/quantile';
 import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
 import { createOmega, watchLeastFree, type Omega } from '../lab/omega';
 import { RAM_PAD_KIB_FOR_TCG_MIGRATION } from '../lab/qemu-args';
@@ -305,12 +310,7 @@ export function checkConcurrentOptions(o: ConcurrentOptions): void {
   if (o.runs !== undefined && !['both', 'baseline', 'governed'].includes(o.runs)) throw new RangeError(`runs: must be 'both', 'baseline' or 'governed' (got ${JSON.stringify(o.runs)})`);
 }
 
-/** p-th quantile (0..1) of `values` by the nearest-rank method; null when empty. */
-export function quantile(values: readonly number[], p: number): number | null {
-  if (values.length === 0) return null;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
-}
+export { quantile };
 
 /**
  * Mean over interval `i` of U / N(t), bytes/s, where N(t) is how many of `intervals` (start, end
@@ -358,8 +358,6 @@ interface Settings {
   governorIntervalMs: number;
   /** Ω the governor may plan with, bytes (capacity minus the reserve). */
   governorOmegaBytes: number;
-  /** Zero-page share of guest RAM for the prediction (from the baseline's first passes, else 0). */
-  zeroPageFraction: number;
   decisionLog?: string;
   overlayGrowth: boolean;
   ungovernedLinkFraction?: number;
@@ -377,6 +375,8 @@ interface Slot {
   enospc: number;
   last?: MigrationProgress;
   predictedMs: number | null;
+  /** Guest RAM (with the TCG pad) and its zero-page share, scanned once its workloads run. */
+  ram?: { bytes: number; zeroFraction: number };
   /** Workload writes completed (guest counter) and host time when the migrations started, and at this one's end. */
   writesAtStart?: { writes: number; tMs: number };
   writesAtEnd?: { writes: number; tMs: number };
@@ -473,20 +473,20 @@ function phaseLatency(sl: Slot): Record<string, PhaseLatency> {
   return out;
 }
 
-function predictTotalMs(s: Settings, p: MigrationProgress, writeBytesPerSec: number): number {
+function predictTotalMs(s: Settings, p: MigrationProgress, writeBytesPerSec: number, ram: { bytes: number; zeroFraction: number }): number {
   const r = remainingTime({
     migration: {
       phase: 'base',
       baseBytesLeft: Math.max(0, p.baseBytesTotal - p.baseBytesCopied),
       mirrorBytesLeft: p.overlayBytes ?? 0,
-      ramBytes: s.guestMib * MiB,
+      ramBytes: ram.bytes,
       ramDirty: uniformHotSetCurve(s.memRate, (s.memMib * MiB) / PAGE_BYTES),
-      ramPendingBytes: s.guestMib * MiB,
+      ramPendingBytes: ram.bytes,
       cpuThrottlePct: 0,
     },
     writeBytesPerSec,
     linkShareBytesPerSec: s.linkBytesPerSec / s.k,
-    zeroPageFraction: s.zeroPageFraction,
+    zeroPageFraction: ram.zeroFraction,
   });
   return p.tMs + r.totalSec * 1000;
 }
@@ -536,6 +536,16 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
         await sl.source.diskStart({ blockBytes: s.blockBytes, regionBlocks: (s.regionMib * MiB) / s.blockBytes, blocksPerSec: s.writesPerSec, pattern: 'sequential', mode: 'direct', seed: sl.i + 1, queueDepth: s.queueDepth });
       }),
     );
+    // What each first pass will send as zero pages, for the predictions (as predict-check does).
+    for (const sl of slots) {
+      const ram = sl.source.guestRam();
+      const mem = new GuestPhysMemory(ram);
+      try {
+        sl.ram = { bytes: ram.ramBytes, zeroFraction: zeroPageShare(mem, ram.ramBytes) };
+      } finally {
+        mem.close();
+      }
+    }
 
     let minLimit: number | null = null;
     const limits = new Map<string, number>();
@@ -580,7 +590,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
           const limit = limits.get(sl.id) ?? 0;
           const own = s.writesPerSec * s.blockBytes;
           const early = governed && limit === 0 && p.baseBytesCopied < p.baseBytesTotal / 2;
-          if (!early) sl.predictedMs = predictTotalMs(s, p, limit > 0 ? Math.min(limit, own) : own);
+          if (!early) sl.predictedMs = predictTotalMs(s, p, limit > 0 ? Math.min(limit, own) : own, sl.ram!);
         }
       });
     });
@@ -787,7 +797,6 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
       timeoutMs: (o.migrationTimeoutS ?? 150) * 1000,
       governorIntervalMs: o.governorIntervalMs ?? 100,
       governorOmegaBytes: o.omegaMib * MiB - Math.min(o.omegaMib * MiB - 1, o.governorReserveBytes ?? o.vms * 256 * 1024),
-      zeroPageFraction: 0,
       ...(o.decisionLog !== undefined ? { decisionLog: o.decisionLog } : {}),
       overlayGrowth: o.governorOverlayGrowth ?? true,
       ...(o.ungovernedLinkFraction !== undefined ? { ungovernedLinkFraction: o.ungovernedLinkFraction } : {}),
@@ -799,11 +808,7 @@ export async function runConcurrentMigrations(o: ConcurrentOptions): Promise<Con
     const estimate = s.k * Math.min(regionMib * MiB, writeBps * baseSec);
     const runs = o.runs ?? 'both';
     const out: ConcurrentReport['runs'] = {};
-    if (runs !== 'governed') {
-      out.baseline = await runFleetOn(s, topology, false);
-      // Same guests, same boot: the baseline's first passes tell how much of RAM is zero pages.
-      s.zeroPageFraction = out.baseline.zeroPageFraction ?? 0;
-    }
+    if (runs !== 'governed') out.baseline = await runFleetOn(s, topology, false);
     if (runs !== 'baseline') out.governed = await runFleetOn(s, topology, true);
     const g = out.governed;
     const ungoverned = ungovernedCeiling(out.baseline);

@@ -37,7 +37,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
-import { GuestPhysMemory } from '../lab/guest-ram';
+import { GuestPhysMemory, zeroPageShare } from '../lab/guest-ram';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
 import { measureThroughput } from '../lab/netns';
 import { measuredCurve, sumCurve, uniformHotSetCurve, type DirtyCurve } from '../model/dirty-curve';
@@ -45,7 +45,7 @@ import { remainingTime } from '../model/need';
 import { DEFAULT_SOCKET_BUFFER_BYTES } from '../model/precopy';
 import { openGuestMemory } from '../sources/guest-memory';
 import { pagesBitmap, ramPagesOfBuffer } from '../lab/accuracy';
-import { quantile } from './concurrent';
+import { quantile } from '../util/quantile';
 import { MigrationLab, verificationPassed, verifyGuest } from './lab';
 import type { MigrationProgress } from './types';
 
@@ -252,29 +252,6 @@ export function checkPredictCheckOptions(o: PredictCheckOptions): void {
   checkNum('switchoverFixedMs', o.switchoverFixedMs, ...PREDICT_CHECK_LIMITS.switchoverFixedMs, false);
   if (o.diskMib !== undefined && o.diskMib < 8) throw new RangeError('diskMib: must be at least 8');
   if (o.traceIntervalMs !== undefined && o.traceIntervalMs !== 0) checkNum('traceIntervalMs', o.traceIntervalMs, ...PREDICT_CHECK_LIMITS.traceIntervalMs);
-}
-
-/** Share of `ramBytes` of guest RAM (from GPA 0, one low-RAM region) that is all zero bytes. */
-export function zeroPageShare(mem: Pick<GuestPhysMemory, 'read'>, ramBytes: number): number {
-  const chunk = new Uint8Array(MiB);
-  const words = new Uint32Array(chunk.buffer);
-  const wordsPerPage = PAGE_BYTES / 4;
-  let zero = 0;
-  let pages = 0;
-  for (let gpa = 0; gpa < ramBytes; gpa += MiB) {
-    const len = Math.min(MiB, ramBytes - gpa);
-    const view = len === MiB ? chunk : chunk.subarray(0, len);
-    mem.read(gpa, view);
-    const n = len / PAGE_BYTES;
-    for (let p = 0; p < n; p++) {
-      let w = p * wordsPerPage;
-      const end = w + wordsPerPage;
-      while (w < end && words[w] === 0) w++;
-      if (w === end) zero++;
-    }
-    pages += n;
-  }
-  return pages ? zero / pages : 0;
 }
 
 /** One /proc/PID/task/TID/stat line: the thread's name and its user + system CPU time, clock ticks. */

@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { parseNumberList } from '../../src/cli/lab-predict-check';
 import { readFileSync } from 'node:fs';
-import { checkPredictCheckOptions, measureVcpuBusy, parseTaskStat, tcpSendBufferMaxBytes, zeroPageShare } from '../../src/migrate/predict-check';
+import { zeroPageShare } from '../../src/lab/guest-ram';
+import { checkPredictCheckOptions, measureVcpuBusy, parseTaskStat, tcpSendBufferMaxBytes } from '../../src/migrate/predict-check';
 
 const PAGE = 4096;
 
