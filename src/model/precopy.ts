@@ -364,6 +364,28 @@ class AutoConverge {
   }
 }
 
+type LoopState = Pick<PrecopyPrediction, 'iterations' | 'wireBytesPerSec' | 'thresholdBytes' | 'perIteration' | 'finalThrottlePct' | 'pendingBytes'>;
+
+/** The prediction when the pending RAM fits the downtime: what is left goes in the stop-and-copy. */
+function switchover(r: Resolved, base: LoopState, after: string, tSec: number, bytesSent: number, stopCopyBytes: number, throttlePct: number, capNote: string): PrecopyPrediction {
+  const downtimeSec = stopCopyBytes / base.wireBytesPerSec;
+  const throttleNote = throttlePct > 0 ? ` with the guest throttled to ${throttlePct}%` : '';
+  return {
+    ...base,
+    converges: true,
+    bytesSent: bytesSent + stopCopyBytes,
+    totalSec: tSec + downtimeSec,
+    downtimeMs: downtimeSec * 1000,
+    reason: `converges after ${after}${throttleNote}: ${fmtMiB(base.pendingBytes)} pending < ${fmtMiB(base.thresholdBytes)} switchover threshold (${fmtMiB(base.wireBytesPerSec)}/s × ${r.downtimeLimitMs} ms)${capNote}`,
+  };
+}
+
+/** The throttle's state, for a verdict that it does not converge. */
+function throttleState(r: Resolved, throttlePct: number, canRise: boolean): string {
+  if (canRise) return `throttle ${throttlePct}%`;
+  return r.autoConverge ? `at the maximum CPU throttle ${throttlePct}%` : `without auto-converge${throttlePct > 0 ? ` (throttle fixed at ${throttlePct}%)` : ''}`;
+}
+
 /** Whole passes, a sync at the end of each (absorbPendingRewrites off). */
 function simulatePasses(r: Resolved): PrecopyPrediction {
   const wire = Math.min(r.bandwidthBytesPerSec, r.maxBandwidthBytesPerSec);
@@ -398,28 +420,14 @@ function simulatePasses(r: Resolved): PrecopyPrediction {
     const pendingBytes = dirtied * r.pageBytes;
     const base = { iterations: k, wireBytesPerSec: wire, thresholdBytes, perIteration, finalThrottlePct: throttle, pendingBytes };
     if (pendingBytes < thresholdBytes || pendingBytes === 0) {
-      const stopCopyBytes = dirtied * pageWire;
-      const downtimeSec = stopCopyBytes / wire;
-      const throttleNote = throttleDuring > 0 ? ` with the guest throttled to ${throttleDuring}%` : '';
-      return {
-        ...base,
-        converges: true,
-        bytesSent: bytesSent + stopCopyBytes,
-        totalSec: t + downtimeSec,
-        downtimeMs: downtimeSec * 1000,
-        reason: `converges after ${k} pass${k > 1 ? 'es' : ''}${throttleNote}: ${fmtMiB(pendingBytes)} pending < ${fmtMiB(thresholdBytes)} switchover threshold (${fmtMiB(wire)}/s × ${r.downtimeLimitMs} ms)${capNote}`,
-      };
+      return switchover(r, base, `${k} pass${k > 1 ? 'es' : ''}`, t, bytesSent, dirtied * pageWire, throttleDuring, capNote);
     }
     const nextSend = dirtied * pageWire;
     const notConverged = (why: string): PrecopyPrediction => ({ ...base, converges: false, bytesSent, totalSec: t, downtimeMs: NaN, reason: why + capNote });
     // With the throttle fixed from here on, D monotone makes the pass sizes a monotone sequence:
     // once a pass is no smaller than the one before, none will ever be, so it never converges.
     const throttleCanRise = r.autoConverge && throttle < r.maxCpuThrottlePct;
-    const at = throttleCanRise
-      ? `throttle ${throttle}%`
-      : r.autoConverge
-        ? `at the maximum CPU throttle ${throttle}%`
-        : `without auto-converge${throttle > 0 ? ` (throttle fixed at ${throttle}%)` : ''}`;
+    const at = throttleState(r, throttle, throttleCanRise);
     if (!raised && !throttleCanRise && nextSend >= sendBytes * (1 - 1e-12)) {
       return notConverged(
         `does not converge ${at}: the pending RAM stops shrinking at ${fmtMiB(pendingBytes)}, above the ${fmtMiB(thresholdBytes)} switchover threshold (${fmtMiB(wire)}/s × ${r.downtimeLimitMs} ms)`,
@@ -595,25 +603,11 @@ function simulateSyncLoop(r: Resolved): PrecopyPrediction {
     const pendingBytes = pendingPages * r.pageBytes;
     const base = { iterations: k, wireBytesPerSec: wire, thresholdBytes, perIteration, finalThrottlePct: throttle, pendingBytes };
     if (pendingBytes < thresholdBytes || pendingPages === 0) {
-      const stopCopyBytes = firstPass * firstPageWire + dirty * pageWire;
-      const downtimeSec = stopCopyBytes / wire;
-      const throttleNote = throttleDuring > 0 ? ` with the guest throttled to ${throttleDuring}%` : '';
-      return {
-        ...base,
-        converges: true,
-        bytesSent: bytesSent + stopCopyBytes,
-        totalSec: t + downtimeSec,
-        downtimeMs: downtimeSec * 1000,
-        reason: `converges after ${k} bitmap sync${k > 1 ? 's' : ''}${throttleNote}: ${fmtMiB(pendingBytes)} pending < ${fmtMiB(thresholdBytes)} switchover threshold (${fmtMiB(wire)}/s × ${r.downtimeLimitMs} ms)${capNote}`,
-      };
+      return switchover(r, base, `${k} bitmap sync${k > 1 ? 's' : ''}`, t, bytesSent, firstPass * firstPageWire + dirty * pageWire, throttleDuring, capNote);
     }
     const notConverged = (why: string): PrecopyPrediction => ({ ...base, converges: false, bytesSent, totalSec: t, downtimeMs: NaN, reason: why + capNote });
     const throttleCanRise = r.autoConverge && throttle < r.maxCpuThrottlePct;
-    const at = throttleCanRise
-      ? `throttle ${throttle}%`
-      : r.autoConverge
-        ? `at the maximum CPU throttle ${throttle}%`
-        : `without auto-converge${throttle > 0 ? ` (throttle fixed at ${throttle}%)` : ''}`;
+    const at = throttleState(r, throttle, throttleCanRise);
     if (raised || throttleCanRise) {
       minPending = Infinity;
       stale = 0;

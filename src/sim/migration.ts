@@ -162,6 +162,13 @@ export class SimMigration {
     this.streamStartSec = atSec;
   }
 
+  /** The stop-and-copy is over at `atSec`: the migration is done. */
+  private finish(atSec: number): void {
+    this.switchoverBytesLeft = 0;
+    this.enter('done', atSec);
+    this.endSec = atSec;
+  }
+
   /**
    * Factor on this migration's link weight at `nowSec`, 0.02..1: 1 unless the model has a TCP
    * ramp (SimMigrationModel.streamRampSec) and its current stream is younger than the ramp.
@@ -286,11 +293,7 @@ export class SimMigration {
       }
       case 'switchover': {
         this.switchoverBytesLeft -= linkBytesPerSec * dtSec;
-        if (this.switchoverBytesLeft <= 1e-6) {
-          this.switchoverBytesLeft = 0;
-          this.enter('done', nowSec + dtSec);
-          this.endSec = nowSec + dtSec;
-        }
+        if (this.switchoverBytesLeft <= 1e-6) this.finish(nowSec + dtSec);
         return 0;
       }
       default:
@@ -322,11 +325,7 @@ export class SimMigration {
         return Math.min(want, linkBytesPerSec);
       }
       case 'switchover':
-        if (over && this.switchoverBytesLeft <= 1e-6) {
-          this.switchoverBytesLeft = 0;
-          this.enter('done', nowSec + dtSec);
-          this.endSec = nowSec + dtSec;
-        }
+        if (over && this.switchoverBytesLeft <= 1e-6) this.finish(nowSec + dtSec);
         return 0;
       default:
         return 0;
@@ -375,10 +374,7 @@ export class SimMigration {
           : firstLeft * this.firstPassWireBytes + (this.ramPendingPages - firstLeft) * PAGE_WIRE_BYTES;
       this.downtimeMs = (this.switchoverBytesLeft / ramBytesPerSec) * 1000;
       this.holdSec = this.model.switchoverSec ?? 0;
-      if (this.switchoverBytesLeft <= 0 && this.holdSec <= 0) {
-        this.enter('done', endSec);
-        this.endSec = endSec;
-      }
+      if (this.switchoverBytesLeft <= 0 && this.holdSec <= 0) this.finish(endSec);
     } else this.ramIterations++;
   }
 }

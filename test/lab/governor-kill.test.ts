@@ -44,6 +44,7 @@ import type { MigrationProgress, MigrationResult } from '../../src/migrate/types
 import type { QmpEvent } from '../../src/qmp/client';
 import { queryBlock, queryMigrateParameters } from '../../src/qmp/commands';
 import { needs, qemuMissing, rootMissing } from '../helpers/prereq';
+import { waitFor } from '../helpers/wait';
 
 const MiB = 1024 * 1024;
 const QDEV = '/machine/peripheral/root/virtio-backend';
@@ -62,16 +63,6 @@ const needQemu = needs('qemu', qemuMissing());
 const needRoot = needs('root', rootMissing());
 const prereq = needQemu.skip ? needQemu : needRoot;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 interface GovLine {
   type: string;

@@ -25,6 +25,7 @@ import { LabVm } from '../../src/lab/vm';
 import type { QmpClient, QmpEvent } from '../../src/qmp/client';
 import { blockSetIoThrottle, queryBlock, queryBlockstats, queryMigrateParameters, queryNamedBlockNodes, queryStatus } from '../../src/qmp/commands';
 import { needs, qemuMissing } from '../helpers/prereq';
+import { waitFor } from '../helpers/wait';
 
 const qemu = needs('qemu', qemuMissing());
 const MiB = 1024 * 1024;
@@ -46,16 +47,6 @@ async function wrBytes(q: QmpClient): Promise<number> {
 
 async function actualSize(q: QmpClient): Promise<number> {
   return (await queryNamedBlockNodes(q)).find((n) => n['node-name'] === 'lxd_root')!.image['actual-size'] ?? 0;
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs: number): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 /**
