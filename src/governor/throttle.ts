@@ -81,8 +81,15 @@ export function effectiveWriteLimit(l: ThrottleLimits): number {
 
 /**
  * `original` with its byte write limit lowered to at most `writeBytesPerSec` (an integer ≥ 1),
- * every other limit kept. When the original already limits writes at or below that, the result
- * equals the original.
+ * every other limit kept but the write burst, which is scaled with it. When the original already
+ * limits writes at or below that, the result equals the original.
+ *
+ * Why the burst scales: QEMU lets a device write until its bucket holds `bps_wr_max` ×
+ * `bps_wr_max_length` bytes above the average (util/throttle.c throttle_compute_wait), and the
+ * bucket leaks at the average. A user burst of 30 MB/s × 2 s kept under a governor limit of
+ * 1.3 MB/s let a guest that had been writing freely go on at its full 6.5 MB/s for ~11 s after
+ * the limit dropped: 60 MB into Ω the plan did not count. Scaled by limit / original average, the
+ * burst keeps its shape and its bytes shrink with the limit.
  */
 export function withWriteLimit(original: ThrottleLimits, writeBytesPerSec: number): ThrottleLimits {
   const g = Math.min(THROTTLE_VALUE_MAX, Math.max(1, Math.round(writeBytesPerSec)));
@@ -95,7 +102,7 @@ export function withWriteLimit(original: ThrottleLimits, writeBytesPerSec: numbe
     out.bps_wr = g;
     if (original.bps_max !== undefined && original.bps_max > 0) {
       out.bps_rd_max = original.bps_max;
-      out.bps_wr_max = original.bps_max;
+      out.bps_wr_max = scaledBurst(original.bps_max, original.bps, g);
       if (original.bps_max_length !== undefined) {
         out.bps_rd_max_length = original.bps_max_length;
         out.bps_wr_max_length = original.bps_max_length;
@@ -106,8 +113,13 @@ export function withWriteLimit(original: ThrottleLimits, writeBytesPerSec: numbe
     return out;
   }
   out.bps_wr = g;
-  // bps_wr_max ≥ original bps_wr ≥ g already holds when the original had a burst limit.
+  if (original.bps_wr_max !== undefined && original.bps_wr_max > 0) out.bps_wr_max = scaledBurst(original.bps_wr_max, original.bps_wr, g);
   return out;
+}
+
+/** A burst rate `max` over average `avg`, for the average lowered to `g`: same ratio, never below `g` (QEMU wants max ≥ avg). */
+function scaledBurst(max: number, avg: number, g: number): number {
+  return avg > 0 ? Math.max(g, Math.round((max * g) / avg)) : max;
 }
 
 /** True when two settings are the same configuration (the group name is not compared). */

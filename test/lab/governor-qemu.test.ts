@@ -176,9 +176,11 @@ describe('governor on real QEMU', qemu, () => {
         return l.bps_wr !== USER_LIMITS.bps_wr && l;
       }, 8000);
       assert.ok(limitA >= 10_000 && limitA < freeRate / 2, `A throttled to ${limitA} B/s (guest wants ${freeRate.toFixed(0)})`);
-      // B: only the write limit changed; the user's read limit, iops, burst and group are kept.
-      assert.deepEqual({ ...governedB, bps_wr: 0 }, { ...USER_LIMITS, bps_wr: 0 });
+      // B: only the write limit and, in proportion, its burst changed; the user's read limit,
+      // iops, burst length and group are kept.
+      assert.deepEqual({ ...governedB, bps_wr: 0, bps_wr_max: 0 }, { ...USER_LIMITS, bps_wr: 0, bps_wr_max: 0 });
       assert.ok(governedB.bps_wr < USER_LIMITS.bps_wr);
+      assert.equal(governedB.bps_wr_max, Math.max(governedB.bps_wr, Math.round((USER_LIMITS.bps_wr_max * governedB.bps_wr) / USER_LIMITS.bps_wr)));
       assert.equal(statSync(stateFile).mode & 0o777, 0o600);
 
       // The throttle acts: over a 2 s window with a steady limit (set ≥ 0.75 s before, so QEMU's

@@ -143,8 +143,9 @@ test("the VM's other limits are kept; its own write limit is never loosened; a t
   policy.gamma.set('t', 2_000_000);
   let r = feed.step(() => ({}), 8 * MiB);
   const byId = new Map(r.actions.map((a) => [a.id, (a as { limits: ThrottleLimits }).limits]));
-  assert.deepEqual(byId.get('u'), { ...user, bps_wr: 5_000_000 });
-  assert.deepEqual(byId.get('t'), { bps: 0, bps_rd: 8_000_000, bps_wr: 2_000_000, iops: 100, iops_rd: 0, iops_wr: 0, bps_rd_max: 9_000_000, bps_wr_max: 9_000_000, bps_rd_max_length: 3, bps_wr_max_length: 3, group: 't' });
+  // The write burst scales with the write limit (30/20 × 5 MB/s; 9/8 × 2 MB/s), the read burst stays.
+  assert.deepEqual(byId.get('u'), { ...user, bps_wr: 5_000_000, bps_wr_max: 7_500_000 });
+  assert.deepEqual(byId.get('t'), { bps: 0, bps_rd: 8_000_000, bps_wr: 2_000_000, iops: 100, iops_rd: 0, iops_wr: 0, bps_rd_max: 9_000_000, bps_wr_max: 2_250_000, bps_rd_max_length: 3, bps_wr_max_length: 3, group: 't' });
   applyAll(core, r.actions);
   // γ above the user's own 20 MB/s: the user's limit is what stays (back to the original).
   policy.gamma.set('u', 50_000_000);
