@@ -7,6 +7,9 @@
  *    a policy that failed a migration paused that guest, which ends its migration sooner, so
  *    its write retention is not like for like (BENCHMARKS.md reports both counts);
  * 4. it stays within 0.02 of `static`'s write retention wherever `static` fails no migration.
+ * No policy that cannot see the future meets 2 together with 3 or 4 on every scenario: the twins in
+ * scenarios/limits/ (test/unit/sim-limits.test.ts, docs/BENCHMARKS.md) make any such policy miss
+ * one of them. So these are measured over generated scenarios (`dpa simulate --random`).
  */
 import type { SimResult } from './run';
 

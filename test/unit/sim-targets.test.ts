@@ -100,7 +100,8 @@ test('property: on random scenarios fitted never overflows Ω, fails no migratio
   );
 });
 
-// Not met literally on every random scenario. Over `dpa simulate --random 4000 --seed 1000`, 5
+// Not met literally on every random scenario (on every possible scenario no policy can meet it
+// together with target 2: test/unit/sim-limits.test.ts). Over `dpa simulate --random 4000 --seed 1000`, 5
 // scenarios end with fitted keeping less of the guests' writes than paper although paper fails no
 // migration, by 0.40–2.65 points; over the stress run (`--random 1000 --seed 1 --omega-min-mib 256
 // --omega-max-mib 8192`) 2, by 0.19 and 0.56 points; but on seed ranges never used to tune fitted
