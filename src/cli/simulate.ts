@@ -44,7 +44,7 @@ function table(results: readonly SimResult[]): string {
 export const command = defineCommand({
   words: ['simulate'],
   summary: 'run a migration scenario under every policy (or one) and compare them',
-  usage: 'FILE [--policy NAME] [--plot out.html] [--measured-link] [--json]  |  --random N [--seed S] [--omega-min-mib A] [--omega-max-mib B] [--max-vms K] [--json]',
+  usage: 'FILE [--policy NAME] [--plot out.html] [--measured-link] [--late-phase-weight W] [--json]  |  --random N [--seed S] [--omega-min-mib A] [--omega-max-mib B] [--max-vms K] [--late-phase-weight W] [--json]',
   options: {
     policy: { type: 'enum', choices: POLICY_NAMES, description: 'run only this policy (default: all five)' },
     plot: { type: 'string', description: 'write a self-contained HTML page of the traces to this file' },
@@ -54,6 +54,13 @@ export const command = defineCommand({
     omegaMinMib: { type: 'number', min: 1, max: 2 ** 24, default: 1024, description: 'smallest Ω of --random scenarios', unit: 'MiB' },
     omegaMaxMib: { type: 'number', min: 1, max: 2 ** 24, default: 16384, description: 'largest Ω of --random scenarios', unit: 'MiB' },
     maxVms: { type: 'int', min: 1, max: 64, default: 5, description: 'most VMs per --random scenario' },
+    latePhaseWeight: {
+      type: 'number',
+      min: 1,
+      max: 1e6,
+      default: 1000,
+      description: "fitted's link weight for migrations past their base copy, against 1 for those still copying (1 = equal shares, all a host's TCP gives without a traffic shaper)",
+    },
     ...jsonOption,
   },
   async run(options, positionals, io) {
@@ -65,10 +72,15 @@ export const command = defineCommand({
     if (positionals.length !== 1) throw new UsageError(`needs exactly one scenario file (got ${positionals.length})`);
     const scenario = loadScenario(positionals[0]!);
     const names: PolicyName[] = options.policy ? [options.policy as PolicyName] : [...POLICY_NAMES];
-    const outputs = simulateAll(scenario, names, {
-      ...(options.plot ? { traceEverySec: traceIntervalSec(scenario) } : {}),
-      link: options.measuredLink ? 'measured' : 'exact',
-    });
+    const outputs = simulateAll(
+      scenario,
+      names,
+      {
+        ...(options.plot ? { traceEverySec: traceIntervalSec(scenario) } : {}),
+        link: options.measuredLink ? 'measured' : 'exact',
+      },
+      { latePhaseWeight: options.latePhaseWeight },
+    );
     const results = outputs.map((o) => o.result);
     if (options.plot) {
       writeFileSync(options.plot, renderPlotHtml(scenario, outputs.map((o) => ({ result: o.result, trace: o.trace as SimTrace }))), { mode: 0o644 });
@@ -100,6 +112,7 @@ interface RandomOptions {
   omegaMinMib: number;
   omegaMaxMib: number;
   maxVms: number;
+  latePhaseWeight: number;
   json: boolean;
 }
 
@@ -114,7 +127,7 @@ function runRandom(options: RandomOptions, io: CommandIO): number {
     if (io.signal.aborted) break;
     const seed = options.seed + k;
     const scenario = randomScenario(seed, { omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms });
-    const results = simulateAll(scenario).map((o) => o.result);
+    const results = simulateAll(scenario, POLICY_NAMES, {}, { latePhaseWeight: options.latePhaseWeight }).map((o) => o.result);
     for (const r of results) {
       const s = (sums[r.policy] ??= { writeRetained: 0, failedMigrations: 0, scenariosWithFailures: 0 });
       s.writeRetained += r.writeRetained / count;
@@ -134,7 +147,7 @@ function runRandom(options: RandomOptions, io: CommandIO): number {
     }
   }
   const out = {
-    random: { count, firstSeed: options.seed, omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms },
+    random: { count, firstSeed: options.seed, omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms, latePhaseWeight: options.latePhaseWeight },
     violations: tally,
     belowPaperLiteral,
     perPolicy: sums,
