@@ -10,6 +10,7 @@ import { POLICY_NAMES, type PolicyName } from '../policy/index';
 import { simulateAll, traceIntervalSec } from '../sim/compare';
 import { renderPlotHtml } from '../sim/plot';
 import type { SimResult, SimTrace } from '../sim/run';
+import { DEFAULT_LATE_PHASE_WEIGHT } from '../policy/fitted';
 import { randomScenario } from '../sim/generate';
 import { loadScenario } from '../sim/scenario';
 import { checkTargets } from '../sim/targets';
@@ -44,7 +45,7 @@ function table(results: readonly SimResult[]): string {
 export const command = defineCommand({
   words: ['simulate'],
   summary: 'run a migration scenario under every policy (or one) and compare them',
-  usage: 'FILE [--policy NAME] [--plot out.html] [--measured-link] [--late-phase-weight W] [--json]  |  --random N [--seed S] [--omega-min-mib A] [--omega-max-mib B] [--max-vms K] [--late-phase-weight W] [--json]',
+  usage: 'FILE [--policy NAME] [--plot out.html] [--measured-link] [--late-phase-weight W] [--link-sharing policy|equal] [--json]  |  --random N [--seed S] [--omega-min-mib A] [--omega-max-mib B] [--max-vms K] [--late-phase-weight W] [--link-sharing policy|equal] [--json]',
   options: {
     policy: { type: 'enum', choices: POLICY_NAMES, description: 'run only this policy (default: all five)' },
     plot: { type: 'string', description: 'write a self-contained HTML page of the traces to this file' },
@@ -58,8 +59,14 @@ export const command = defineCommand({
       type: 'number',
       min: 1,
       max: 1e6,
-      default: 1000,
-      description: "fitted's link weight for migrations past their base copy, against 1 for those still copying (1 = equal shares, all a host's TCP gives without a traffic shaper)",
+      default: DEFAULT_LATE_PHASE_WEIGHT,
+      description: "fitted's link weight for migrations past their base copy, against 1 for those still copying (1 = equal shares, all a host gives without a traffic shaper)",
+    },
+    linkSharing: {
+      type: 'enum',
+      choices: ['policy', 'equal'],
+      default: 'policy',
+      description: "how migrations share the link: by the policy's link shares, or equally whatever it says (TCP on a host that shapes nothing)",
     },
     ...jsonOption,
   },
@@ -78,6 +85,7 @@ export const command = defineCommand({
       {
         ...(options.plot ? { traceEverySec: traceIntervalSec(scenario) } : {}),
         link: options.measuredLink ? 'measured' : 'exact',
+        linkSharing: options.linkSharing as 'policy' | 'equal',
       },
       { latePhaseWeight: options.latePhaseWeight },
     );
@@ -113,6 +121,7 @@ interface RandomOptions {
   omegaMaxMib: number;
   maxVms: number;
   latePhaseWeight: number;
+  linkSharing: string;
   json: boolean;
 }
 
@@ -127,7 +136,7 @@ function runRandom(options: RandomOptions, io: CommandIO): number {
     if (io.signal.aborted) break;
     const seed = options.seed + k;
     const scenario = randomScenario(seed, { omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms });
-    const results = simulateAll(scenario, POLICY_NAMES, {}, { latePhaseWeight: options.latePhaseWeight }).map((o) => o.result);
+    const results = simulateAll(scenario, POLICY_NAMES, { linkSharing: options.linkSharing as 'policy' | 'equal' }, { latePhaseWeight: options.latePhaseWeight }).map((o) => o.result);
     for (const r of results) {
       const s = (sums[r.policy] ??= { writeRetained: 0, failedMigrations: 0, scenariosWithFailures: 0 });
       s.writeRetained += r.writeRetained / count;
@@ -147,7 +156,7 @@ function runRandom(options: RandomOptions, io: CommandIO): number {
     }
   }
   const out = {
-    random: { count, firstSeed: options.seed, omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms, latePhaseWeight: options.latePhaseWeight },
+    random: { count, firstSeed: options.seed, omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms, latePhaseWeight: options.latePhaseWeight, linkSharing: options.linkSharing },
     violations: tally,
     belowPaperLiteral,
     perPolicy: sums,

@@ -81,6 +81,13 @@ export interface SimOptions {
    * SimMigrationModel). Absent: the plain model. `dpa lab sim-check` feeds what the lab measured.
    */
   migrationModel?: Readonly<Record<string, SimMigrationModel>>;
+  /**
+   * How the link is divided between migrations: 'policy' (default) in proportion to the link
+   * shares the policy decides; 'equal' alike whatever the policy says, as TCP connections share a
+   * NIC when nothing shapes the traffic (a host where dpa can cap QEMU's streams but not lift them
+   * above LXD's bulk copy).
+   */
+  linkSharing?: 'policy' | 'equal';
   /** Also return when each VM entered each phase (SimOutput.phaseStartSec). */
   phaseTimes?: boolean;
 }
@@ -141,6 +148,7 @@ export function simulate(scenario: Scenario, policy: Policy, options: SimOptions
   let writes = new Float64Array(0);
   let ticks = 0;
   const estimator = options.link === 'measured' ? new BandwidthEstimator() : undefined;
+  const equalShares = options.linkSharing === 'equal';
   let linkTimeMs = 0;
 
   for (let k = 0; k < totalTicks; k++) {
@@ -203,7 +211,7 @@ export function simulate(scenario: Scenario, policy: Policy, options: SimOptions
       if (m.guestWriting && d.throttleBytesPerSec !== null && d.throttleBytesPerSec < minThrottle) minThrottle = d.throttleBytesPerSec;
       const syncWrite = m.guestWriting ? Math.min(m.issuableBytesPerSec, d.throttleBytesPerSec ?? Infinity) : 0;
       demands[i] = m.linkDemand(dt, syncWrite);
-      weights[i] = d.linkShareBytesPerSec * m.linkWeight(now);
+      weights[i] = (equalShares ? 1 : d.linkShareBytesPerSec) * m.linkWeight(now);
     }
     waterFill(u, demands.subarray(0, n), weights.subarray(0, n), alloc);
     if (estimator) {

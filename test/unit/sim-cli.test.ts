@@ -102,23 +102,30 @@ test('dpa simulate --random checks fitted against its targets on generated scena
   assert.equal(await runCli(['simulate', '--random', '2', join(scenarios, 'calm.json')], e.io), 2);
 });
 
-test('dpa simulate --late-phase-weight changes only fitted: equal link shares cost it Ω on the burst, and the value is checked', async () => {
-  const run = async (weight: string | null): Promise<Record<string, { writeRetained: number; failedMigrations: number }>> => {
+test('dpa simulate --late-phase-weight changes only fitted: late-phase priority buys it Ω on the burst, and the value is checked', async () => {
+  const run = async (...extra: string[]): Promise<Record<string, { writeRetained: number; failedMigrations: number }>> => {
     const c = capture();
-    const args = ['simulate', join(scenarios, 'burst.json'), '--json', ...(weight === null ? [] : ['--late-phase-weight', weight])];
-    assert.equal(await runCli(args, c.io), 0, c.err());
+    assert.equal(await runCli(['simulate', join(scenarios, 'burst.json'), '--json', ...extra], c.io), 0, c.err());
     return Object.fromEntries(JSON.parse(c.out()).results.map((r: { policy: string; writeRetained: number; failedMigrations: number }) => [r.policy, r]));
   };
-  const [byDefault, thousand, equal] = [await run(null), await run('1000'), await run('1')];
-  assert.deepEqual(byDefault, thousand);
-  assert.deepEqual(equal.paper, byDefault.paper);
-  assert.equal(equal.fitted!.failedMigrations, 0);
-  // docs/BENCHMARKS.md: 41.0 % with late-phase priority, 33.1 % without; paper 23.9 %.
-  assert.ok(byDefault.fitted!.writeRetained - equal.fitted!.writeRetained > 0.05, `${byDefault.fitted!.writeRetained} vs ${equal.fitted!.writeRetained}`);
-  assert.ok(equal.fitted!.writeRetained > equal.paper!.writeRetained);
+  const [byDefault, equal, priority, equalWorld] = [await run(), await run('--late-phase-weight', '1'), await run('--late-phase-weight', '1000'), await run('--late-phase-weight', '1000', '--link-sharing', 'equal')];
+  assert.deepEqual(byDefault, equal);
+  assert.deepEqual(priority.paper, byDefault.paper);
+  assert.equal(priority.fitted!.failedMigrations, 0);
+  // docs/BENCHMARKS.md: 41.0 % with late-phase priority, 33.1 % with equal shares; paper 23.9 %.
+  assert.ok(priority.fitted!.writeRetained - byDefault.fitted!.writeRetained > 0.05, `${priority.fitted!.writeRetained} vs ${byDefault.fitted!.writeRetained}`);
+  assert.ok(byDefault.fitted!.writeRetained > byDefault.paper!.writeRetained);
+  // On a link shared equally whatever fitted asks, asking for priority buys nothing.
+  assert.ok(equalWorld.fitted!.writeRetained < byDefault.fitted!.writeRetained + 0.005, `${equalWorld.fitted!.writeRetained}`);
+  // paper asks for equal shares anyway (U/N): the same run, to rounding.
+  assert.equal(equalWorld.paper!.failedMigrations, byDefault.paper!.failedMigrations);
+  assert.ok(Math.abs(equalWorld.paper!.writeRetained - byDefault.paper!.writeRetained) < 1e-9);
   const bad = capture();
   assert.equal(await runCli(['simulate', '--random', '2', '--late-phase-weight', '0'], bad.io), 2);
   assert.match(bad.err(), /--late-phase-weight: must be a number from 1 to 1000000/);
+  const badSharing = capture();
+  assert.equal(await runCli(['simulate', join(scenarios, 'calm.json'), '--link-sharing', 'fifo'], badSharing.io), 2);
+  assert.match(badSharing.err(), /--link-sharing: must be one of policy, equal/);
 });
 
 test('dpa bench simulate --json reports wall time, ticks and ticks per second', async () => {

@@ -154,3 +154,22 @@ test('with --measured-link the policies see U(t) from the bandwidth estimator: i
   assert.ok(seen.get(605)! > 5e8, `0.5 s after the drop still near the old speed: ${seen.get(605)}`);
   assert.ok(Math.abs(seen.get(700)! - 1e8) < 0.1 * 1e8, `10 s after: ${seen.get(700)}`);
 });
+
+test("linkSharing 'equal' divides the link alike whatever the policy asks; 'policy' follows its shares", () => {
+  // Two identical quiet guests; the policy asks for 3 : 1 of the link.
+  const s = scenario({}, [{ diskBytes: 10e9 }, { diskBytes: 10e9 }]);
+  const skewed = makePolicy('unthrottled', { staticBinBytes: 1 });
+  const asking = {
+    ...skewed,
+    decide: (world: Parameters<typeof skewed.decide>[0], previous: Parameters<typeof skewed.decide>[1]) => {
+      const d = skewed.decide(world, previous);
+      return { ...d, migrations: d.migrations.map((m, i) => ({ ...m, linkShareBytesPerSec: world.linkBytesPerSec * (i === 0 && world.migrations.length === 2 ? 0.75 : 0.25) })) };
+    },
+  };
+  const byPolicy = simulate(s, asking).result.completionSec;
+  const equal = simulate(s, asking, { linkSharing: 'equal' }).result.completionSec;
+  // 3 : 1 — v0's 10 GB cross at 75 MB/s (~133 s), then v1 has the link to itself.
+  assert.ok(byPolicy.v0! < 150 && byPolicy.v1! > 190, JSON.stringify(byPolicy));
+  // Alike: both base copies end together at 2 × 10 GB / 100 MB/s.
+  assert.ok(Math.abs(equal.v0! - equal.v1!) < 0.5 && equal.v0! > 190, JSON.stringify(equal));
+});

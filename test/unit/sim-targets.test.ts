@@ -101,17 +101,12 @@ test('property: on random scenarios fitted never overflows Ω, fails no migratio
 });
 
 // Not met literally on every random scenario (on every possible scenario no policy can meet it
-// together with target 2: test/unit/sim-limits.test.ts). Over `dpa simulate --random 4000 --seed 1000`, 5
-// scenarios end with fitted keeping less of the guests' writes than paper although paper fails no
-// migration, by 0.40–2.65 points; over the stress run (`--random 1000 --seed 1 --omega-min-mib 256
-// --omega-max-mib 8192`) 2, by 0.19 and 0.56 points; but on seed ranges never used to tune fitted
-// the worst gaps are larger: `--random 4000 --seed 20000` 3 (worst 7.26 points), the stress run
-// from seed 30000 1 (5.77), `--random 4000 --seed 50000` 6 (14.7), `--seed 70000` 5 (8.5), stress
-// from 60000 2 (15.8) and from 80000 4 (20.5). Some are the ratio's artefact (writeRetained is Σ
-// allowed ÷ Σ wanted over each migration's lifetime, and fitted finishes migrations sooner, dropping
-// fully kept bytes from the denominator: the test below pins two), the rest are genuine;
-// docs/BENCHMARKS.md has the breakdown and what was tried. This 400-scenario sample (seed fixed
-// before the run) has none below paper, before or after the plan gate; it asserts the bound the
+// together with target 2: test/unit/sim-limits.test.ts). With equal link shares (fitted's default,
+// what a host gives), fitted keeps less of the guests' writes than paper, where paper fails no
+// migration, in 19 of `dpa simulate --random 4000 --seed 1000` (worst 9.4 points), 21 of `--seed
+// 20000` (8.1), 2 of the stress run `--random 1000 --seed 1 --omega-min-mib 256 --omega-max-mib
+// 8192` (15.4) and 4 of the stress run from 30000 (5.7). docs/BENCHMARKS.md has the breakdown and
+// what was tried. This 400-scenario sample (seed fixed before the run) asserts the bound the
 // earlier code was held to, not more: per scenario at most PAPER_GAP below paper (where paper
 // fails none), such scenarios at most 1 % of the runs, and at least paper's write retention on the
 // mean.
@@ -142,12 +137,14 @@ test('property: on random scenarios fitted keeps paper’s write retention: ≥ 
   assert.ok(fittedSum >= paperSum, `mean write retained: fitted ${fittedSum / runs} < paper ${paperSum / runs}`);
 });
 
-test('where fitted’s aggregate is below paper’s it can still be at least as good for every guest (seeds 701 stress, 3735)', () => {
+test('where fitted’s aggregate is below paper’s it can still be at least as good for every guest (seeds 701 stress, 3735; late-phase priority)', () => {
   // The aggregate ratio is not monotone in the per-guest ones: finishing a fully served migration
-  // sooner removes its bytes from both sides of Σ allowed ÷ Σ wanted and lowers the ratio.
+  // sooner removes its bytes from both sides of Σ allowed ÷ Σ wanted and lowers the ratio. Seen
+  // with fitted's late-phase link priority (a shaped host), which finishes migrations sooner; with
+  // equal shares (the default) its misses on these seed ranges are all genuine (docs/BENCHMARKS.md).
   const GiB = 2 ** 30;
   for (const scenario of [randomScenario(701, { omegaMinBytes: GiB / 4, omegaMaxBytes: 8 * GiB }), randomScenario(3735)]) {
-    const [paper, fitted] = simulateAll(scenario, ['paper', 'fitted']).map((o) => o.result);
+    const [paper, fitted] = simulateAll(scenario, ['paper', 'fitted'], {}, { latePhaseWeight: 1000 }).map((o) => o.result);
     assert.equal(paper!.failedMigrations, 0, scenario.name);
     assert.equal(fitted!.failedMigrations, 0, scenario.name);
     let sooner = 0;
