@@ -14,11 +14,12 @@
  *   (./throttle.ts withWriteLimit keeps every other limit it had). A new setting is sent only when
  *   its effective write limit differs from the one in force by more than `throttleHysteresis`
  *   (relative, at least 1 KiB/s); γ = null (not throttled) restores the VM's own limits.
- * - max-bandwidth: while a migration is in its RAM phase, its link share × (1 + headroom), never
- *   below `minRamBandwidthBytesPerSec`, sent when it moves by more than `bandwidthHysteresis`. The
- *   headroom lets the RAM stream go faster than its share when the link has room, so U(t),
- *   which measures throughput achieved, can discover a faster link instead of being pinned by
- *   the cap it set.
+ * - max-bandwidth: while a migration is in its RAM phase, U(t) × (1 + headroom), never below
+ *   `minRamBandwidthBytesPerSec`, sent when it moves by more than `bandwidthHysteresis`. It lifts
+ *   QEMU's 128 MiB/s default. It is not the policy's link share: TCP already divides a contended
+ *   link between the connections, so a cap at the share could only idle the link when the others
+ *   send less than theirs, e.g. a disk-bound base copy. The headroom lets U(t), which measures
+ *   throughput achieved, discover a faster link instead of being pinned by the cap it set.
  * - a migration that ended (completed, failed, rolled back) gets its original limits and
  *   max-bandwidth back in the same tick.
  */
@@ -43,9 +44,9 @@ export interface CoreOptions {
   throttleHysteresis?: number;
   /** Relative change of max-bandwidth below which nothing is sent (0..1, default 0.1). */
   bandwidthHysteresis?: number;
-  /** Set max-bandwidth from the policy's link shares (default true). */
+  /** Set max-bandwidth in the RAM phase from U(t) (default true). */
   manageBandwidth?: boolean;
-  /** max-bandwidth = share × (1 + headroom) (0..4, default 0.25). */
+  /** max-bandwidth = U(t) × (1 + headroom) (0..4, default 0.25). */
   ramBandwidthHeadroom?: number;
   /** Lowest max-bandwidth the governor sets, bytes/s (≥ 1, default 1 MiB/s). */
   minRamBandwidthBytesPerSec?: number;
@@ -486,7 +487,7 @@ export class GovernorCore {
       }
     }
     if (this.o.manageBandwidth && md && vm.phase === 'ram' && this.link.ready) {
-      const want = Math.round(Math.max(this.o.minRamBandwidthBytesPerSec, md.linkShareBytesPerSec * (1 + this.o.ramBandwidthHeadroom)));
+      const want = Math.round(Math.max(this.o.minRamBandwidthBytesPerSec, this.linkBytesPerSec * (1 + this.o.ramBandwidthHeadroom)));
       if (Math.abs(want - vm.currentMaxBw) > this.o.bandwidthHysteresis * vm.currentMaxBw) {
         actions.push({ kind: 'set-max-bandwidth', id, bytesPerSec: want, why: 'policy' });
       }
