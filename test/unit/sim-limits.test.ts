@@ -43,7 +43,7 @@ function forewarned(prefixBytesPerSec: number): Policy {
       return {
         policy: 'forewarned',
         atSec: world.nowSec,
-        reason: 'knows the link will collapse at T',
+        reason: 'fears the link will collapse at T',
         migrations: world.migrations.map((m) => {
           const cap = world.nowSec < T_SEC ? prefixBytesPerSec : world.linkBytesPerSec < 10e6 ? world.slaBytesPerSec : Infinity;
           return {
