@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { uniformHotSetCurve } from '../../src/model/dirty-curve';
 import { remainingTime } from '../../src/model/need';
-import { deferredFraction, fittedPolicy, proportionalSizes, solveLambdas, currentShares } from '../../src/policy/fitted';
+import { currentShares, DEFAULT_SLA_RESERVE_SEC, deferredFraction, fittedPolicy, proportionalSizes, solveLambdas } from '../../src/policy/fitted';
 import { fairShareOfFirst, waterFill } from '../../src/policy/link-share';
 import { overlayAt, projectTrajectory } from '../../src/policy/projection';
 import type { Decision, MigrationView, WorldState } from '../../src/policy/types';
@@ -130,7 +130,8 @@ test('brake: with Ω nearly full, the writers together may not fill it within th
   const near = world(GiB, [view('a', { overlayBytes: 0.95 * GiB, writeBytesPerSecDemand: 50e6 })], 1.25e9);
   const d = unplanned.decide(near, undefined);
   const g = d.migrations[0]!.throttleBytesPerSec;
-  const free = GiB * 0.99 - 0.95 * GiB;
+  // Free: Ω less the 1 % margin, less γ_SLA × 600 s kept for the writer's tail, less the data.
+  const free = GiB * 0.99 - 10_000 * DEFAULT_SLA_RESERVE_SEC - 0.95 * GiB;
   assert.ok(g !== null && Math.abs(g * 3 - free) < 1, `γ ${g}: 3 s of writes must fill exactly the free ${free}`);
   assert.match(d.reason, /braking/);
 });
@@ -154,7 +155,7 @@ test('plan gate: the plan is solved but not in force while 15 s of today’s wri
   // One guest at 40 MB/s with 40 GiB of base left over 125 MB/s: ~13.7 GB of overlay unthrottled
   // against 2 GiB of Ω, so the plan throttles it hard.
   const heavy = (overlayBytes: number): MigrationView => view('a', { writeBytesPerSecDemand: 40e6, baseBytesLeft: 40 * GiB, overlayBytes });
-  const budget = 2 * GiB * 0.99;
+  const budget = 2 * GiB * 0.99 - 10_000 * DEFAULT_SLA_RESERVE_SEC;
   const policy = fittedPolicy();
   // 0.5 GiB + 15 s × 40 MB/s = 1.14 GB ≤ 0.7 × budget = 1.49 GB: open.
   const open = policy.decide(world(2 * GiB, [heavy(0.5 * GiB)]), undefined);

@@ -112,7 +112,7 @@ test('dpa simulate --late-phase-weight changes only fitted: late-phase priority 
   assert.deepEqual(byDefault, equal);
   assert.deepEqual(priority.paper, byDefault.paper);
   assert.equal(priority.fitted!.failedMigrations, 0);
-  // docs/BENCHMARKS.md: 41.0 % with late-phase priority, 33.1 % with equal shares; paper 23.9 %.
+  // docs/BENCHMARKS.md: 41.0 % with late-phase priority, 32.9 % with equal shares; paper 23.9 %.
   assert.ok(priority.fitted!.writeRetained - byDefault.fitted!.writeRetained > 0.05, `${priority.fitted!.writeRetained} vs ${byDefault.fitted!.writeRetained}`);
   assert.ok(byDefault.fitted!.writeRetained > byDefault.paper!.writeRetained);
   // On a link shared equally whatever fitted asks, asking for priority buys nothing.
