@@ -45,7 +45,7 @@
  * (it used to keep 2 %, the brake 1 %) only left Ω unwritten at every end it planned for
  * (docs/BENCHMARKS.md, "Targets on random scenarios").
  *
- * Both also keep back γ_SLA × `slaReserveSec` (600 s) per writer. γ_SLA is a promise, and a
+ * Both also keep back γ_SLA × `slaReserveSec` (600 s) per writer, at most 10 % of Ω. γ_SLA is a promise, and a
  * guest at γ_SLA still grows its overlay until its migration ends. The plan's projected ends are
  * wrong exactly when the link gets crowded: arrivals or a link drop stretch every migration, and
  * a RAM copy stops converging. A margin of 1 % of Ω does not grow with the number of writers left
@@ -132,6 +132,11 @@ export const DEFAULT_TIE_FRACTION = 0.02;
 export const DEFAULT_LATE_PHASE_WEIGHT = 1;
 /** Default of FittedOptions.slaReserveSec. */
 export const DEFAULT_SLA_RESERVE_SEC = 600;
+/**
+ * The γ_SLA reserve never takes more than this fraction of Ω: in a small Ω (a lab's 8 MiB) the
+ * reserve for minutes of γ_SLA would exceed Ω itself and throttle every guest to γ_SLA at once.
+ */
+export const SLA_RESERVE_MAX_FRACTION = 0.1;
 /** Default of FittedOptions.gateFraction. */
 export const DEFAULT_GATE_FRACTION = 0.7;
 
@@ -568,6 +573,7 @@ export function fittedPolicy(options: FittedOptions = {}): Policy {
       if (n === 0) return { policy: 'fitted', atSec: world.nowSec, migrations: [], bins: [], reason: 'no migration in flight' };
       let reserve = 0;
       if (slaReserveSec > 0) for (const m of world.migrations) if (!m.failed) reserve += Math.min(m.writeBytesPerSecDemand, world.slaBytesPerSec) * slaReserveSec;
+      reserve = Math.min(reserve, SLA_RESERVE_MAX_FRACTION * world.omegaBytes);
       const budget = world.omegaBytes * (1 - margin) - reserve;
       const weights = linkWeights(world, latePhaseWeight);
       const nowShares = currentShares(world, weights);

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { uniformHotSetCurve } from '../../src/model/dirty-curve';
 import { remainingTime } from '../../src/model/need';
-import { currentShares, DEFAULT_SLA_RESERVE_SEC, deferredFraction, fittedPolicy, proportionalSizes, solveLambdas } from '../../src/policy/fitted';
+import { currentShares, DEFAULT_SLA_RESERVE_SEC, deferredFraction, fittedPolicy, proportionalSizes, SLA_RESERVE_MAX_FRACTION, solveLambdas } from '../../src/policy/fitted';
 import { fairShareOfFirst, waterFill } from '../../src/policy/link-share';
 import { overlayAt, projectTrajectory } from '../../src/policy/projection';
 import type { Decision, MigrationView, WorldState } from '../../src/policy/types';
@@ -134,6 +134,11 @@ test('brake: with Ω nearly full, the writers together may not fill it within th
   const free = GiB * 0.99 - 10_000 * DEFAULT_SLA_RESERVE_SEC - 0.95 * GiB;
   assert.ok(g !== null && Math.abs(g * 3 - free) < 1, `γ ${g}: 3 s of writes must fill exactly the free ${free}`);
   assert.match(d.reason, /braking/);
+  // In a small Ω the γ_SLA reserve is capped at 10 % of Ω (600 s × γ_SLA = 6 MB would be most of 8 MiB).
+  const small = unplanned.decide(world(8 * MiB, [view('a', { overlayBytes: 4 * MiB, writeBytesPerSecDemand: 4 * MiB })], 1.25e9), undefined);
+  const smallFree = 8 * MiB * 0.99 - SLA_RESERVE_MAX_FRACTION * 8 * MiB - 4 * MiB;
+  const gs = small.migrations[0]!.throttleBytesPerSec;
+  assert.ok(gs !== null && Math.abs(gs * 3 - smallFree) < 1, `γ ${gs}: 3 s of writes must fill exactly the free ${smallFree}`);
 });
 
 test('between solves the plan is reused and re-solved on any change of the world', () => {
