@@ -70,7 +70,7 @@ import type { QmpEvent } from '../qmp/client';
 import { queryBlockstats, queryStatus } from '../qmp/commands';
 import { spawnBaseReceiver, type BaseReceiver } from './base-copy';
 import { verificationPassed } from './lab';
-import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LiveMigration } from './migration';
+import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LAB_BASE_COPY_PORT, LiveMigration } from './migration';
 import type { MigrationProgress, MigrationResult } from './types';
 
 const MiB = 1024 * 1024;
@@ -527,7 +527,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     for (const sl of slots) {
       sl.target = await IncomingVm.start({ guest: s.guest, guestMib: s.guestMib, ramPadKib: sl.source.ramPadKib, disk: { sizeMib: s.diskMib }, topology, name: `dpa-c${sl.i}-in` });
       const imagePath = sl.target.diskPath!;
-      sl.receiver = await spawnBaseReceiver({ host: topology.nsAddr, imagePath, spawn: (cmd, args, opts) => spawnInNs(topology, cmd, args, opts) });
+      sl.receiver = await spawnBaseReceiver({ host: topology.nsAddr, port: LAB_BASE_COPY_PORT + sl.i, imagePath, spawn: (cmd, args, opts) => spawnInNs(topology, cmd, args, opts) });
     }
     // Workloads start only now, so every overlay begins with the migration, not before.
     await Promise.all(

@@ -51,6 +51,13 @@ export * from './types';
 /** Default TCP ports on the target host (NBD's IANA port; QEMU's documentation's migration port). */
 export const DEFAULT_NBD_PORT = 10809;
 export const DEFAULT_MIGRATION_PORT = 4444;
+/**
+ * The labs' base receivers listen on this port + the guest's index. The lab's fair link hashes flows
+ * by the destination port's low 6 bits (src/lab/netns.ts), and 9000 + i (40..47) stays clear of
+ * 10809 + i (57..63, 0) and 4444 + i (28..35) for up to 8 guests. A kernel-chosen port collided
+ * now and then, and the two streams then shared one bucket: half the link each.
+ */
+export const LAB_BASE_COPY_PORT = 9000;
 
 export interface LiveMigrationOptions {
   /** The source QEMU's monitor (shared with the governor). */

@@ -52,7 +52,7 @@ import { loadScenario, ScenarioError, type Scenario } from '../sim/scenario';
 import { spawnBaseReceiver, type BaseReceiver } from './base-copy';
 import { quantile } from '../util/quantile';
 import { verificationPassed, verifyGuest } from './lab';
-import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LiveMigration } from './migration';
+import { DEFAULT_MIGRATION_PORT, DEFAULT_NBD_PORT, LAB_BASE_COPY_PORT, LiveMigration } from './migration';
 import type { MigrationPhase, MigrationResult } from './types';
 
 const MiB = 1024 * 1024;
@@ -495,7 +495,7 @@ async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, gu
     await Promise.all(slots.map((sl) => sl.source.ready(120_000)));
     for (const sl of slots) {
       sl.target = await IncomingVm.start({ guest, guestMib: sl.plan.guestMib, ramPadKib: sl.source.ramPadKib, disk: { sizeMib: sl.plan.diskMib }, topology, name: `dpa-sc${sl.i}-in` });
-      sl.receiver = await spawnBaseReceiver({ host: topology.nsAddr, imagePath: sl.target.diskPath!, spawn: (cmd, args, opts) => spawnInNs(topology, cmd, args, opts) });
+      sl.receiver = await spawnBaseReceiver({ host: topology.nsAddr, port: LAB_BASE_COPY_PORT + sl.i, imagePath: sl.target.diskPath!, spawn: (cmd, args, opts) => spawnInNs(topology, cmd, args, opts) });
     }
     // Workloads run from here on (a write before a VM's migration lands in its base, which the
     // base copy carries); each guest's RAM is scanned once its buffer is written.
