@@ -45,8 +45,8 @@
  * (it used to keep 2 %, the brake 1 %) only left Ω unwritten at every end it planned for
  * (docs/BENCHMARKS.md, "Targets on random scenarios").
  *
- * Both also keep back γ_SLA × `slaReserveSec` (600 s) per writer, at most 10 % of Ω. γ_SLA is a promise, and a
- * guest at γ_SLA still grows its overlay until its migration ends. The plan's projected ends are
+ * Both also keep back γ_SLA × `slaReserveSec` (600 s) per writer, at most 10 % of Ω. γ_SLA is
+ * a promise, and a guest at γ_SLA still grows its overlay until its migration ends. The plan's projected ends are
  * wrong exactly when the link gets crowded: arrivals or a link drop stretch every migration, and
  * a RAM copy stops converging. A margin of 1 % of Ω does not grow with the number of writers left
  * to keep that promise to. Without the reserve, 4 of 15 000 generated scenarios ended with every
