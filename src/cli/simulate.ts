@@ -9,7 +9,7 @@ import { defineCommand } from './command';
 import { POLICY_NAMES, type PolicyName } from '../policy/index';
 import { simulateAll, traceIntervalSec } from '../sim/compare';
 import { renderPlotHtml } from '../sim/plot';
-import type { SimResult, SimTrace } from '../sim/run';
+import type { SimOptions, SimResult, SimTrace } from '../sim/run';
 import { DEFAULT_LATE_PHASE_WEIGHT } from '../policy/fitted';
 import { randomScenario } from '../sim/generate';
 import { loadScenario } from '../sim/scenario';
@@ -42,6 +42,8 @@ function table(results: readonly SimResult[]): string {
   return [line(head), ...rows.map(line)].join('\n') + (failures ? `\n\nfailures:\n${failures}` : '') + '\n';
 }
 
+type LinkSharing = NonNullable<SimOptions['linkSharing']>;
+
 export const command = defineCommand({
   words: ['simulate'],
   summary: 'run a migration scenario under every policy (or one) and compare them',
@@ -71,10 +73,12 @@ export const command = defineCommand({
     ...jsonOption,
   },
   async run(options, positionals, io) {
+    // The parser checked it against the enum's choices.
+    const linkSharing = options.linkSharing as LinkSharing;
     if (options.random !== undefined) {
       if (positionals.length !== 0) throw new UsageError('--random takes no scenario file');
       if (options.omegaMinMib > options.omegaMaxMib) throw new UsageError('--omega-min-mib: must be ≤ --omega-max-mib');
-      return runRandom(options, io);
+      return runRandom({ ...options, linkSharing }, io);
     }
     if (positionals.length !== 1) throw new UsageError(`needs exactly one scenario file (got ${positionals.length})`);
     const scenario = loadScenario(positionals[0]!);
@@ -85,7 +89,7 @@ export const command = defineCommand({
       {
         ...(options.plot ? { traceEverySec: traceIntervalSec(scenario) } : {}),
         link: options.measuredLink ? 'measured' : 'exact',
-        linkSharing: options.linkSharing as 'policy' | 'equal',
+        linkSharing,
       },
       { latePhaseWeight: options.latePhaseWeight },
     );
@@ -121,7 +125,7 @@ interface RandomOptions {
   omegaMaxMib: number;
   maxVms: number;
   latePhaseWeight: number;
-  linkSharing: string;
+  linkSharing: LinkSharing;
   json: boolean;
 }
 
@@ -136,7 +140,7 @@ function runRandom(options: RandomOptions, io: CommandIO): number {
     if (io.signal.aborted) break;
     const seed = options.seed + k;
     const scenario = randomScenario(seed, { omegaMinBytes: options.omegaMinMib * 2 ** 20, omegaMaxBytes: options.omegaMaxMib * 2 ** 20, maxVms: options.maxVms });
-    const results = simulateAll(scenario, POLICY_NAMES, { linkSharing: options.linkSharing as 'policy' | 'equal' }, { latePhaseWeight: options.latePhaseWeight }).map((o) => o.result);
+    const results = simulateAll(scenario, POLICY_NAMES, { linkSharing: options.linkSharing }, { latePhaseWeight: options.latePhaseWeight }).map((o) => o.result);
     for (const r of results) {
       const s = (sums[r.policy] ??= { writeRetained: 0, failedMigrations: 0, scenariosWithFailures: 0 });
       s.writeRetained += r.writeRetained / count;

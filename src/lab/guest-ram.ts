@@ -181,3 +181,13 @@ export function zeroPageShare(mem: Pick<GuestPhysMemory, 'read'>, ramBytes: numb
   }
   return pages ? zero / pages : 0;
 }
+
+/** zeroPageShare of a running guest's whole RAM, read from its QEMU process (opened and closed here). */
+export function scanZeroPageShare(info: GuestRamInfo): number {
+  const mem = new GuestPhysMemory(info);
+  try {
+    return zeroPageShare(mem, info.ramBytes);
+  } finally {
+    mem.close();
+  }
+}

@@ -57,7 +57,7 @@ import { performance } from 'node:perf_hooks';
 import { Governor } from '../governor/governor';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
-import { GuestPhysMemory, zeroPageShare } from '../lab/guest-ram';
+import { scanZeroPageShare } from '../lab/guest-ram';
 import { quantile } from '../util/quantile';
 import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
 import { createOmega, watchLeastFree, type Omega } from '../lab/omega';
@@ -539,12 +539,7 @@ async function runFleetOn(s: Settings, topology: Topology, governed: boolean): P
     // What each first pass will send as zero pages, for the predictions (as predict-check does).
     for (const sl of slots) {
       const ram = sl.source.guestRam();
-      const mem = new GuestPhysMemory(ram);
-      try {
-        sl.ram = { bytes: ram.ramBytes, zeroFraction: zeroPageShare(mem, ram.ramBytes) };
-      } finally {
-        mem.close();
-      }
+      sl.ram = { bytes: ram.ramBytes, zeroFraction: scanZeroPageShare(ram) };
     }
 
     let minLimit: number | null = null;

@@ -37,7 +37,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
-import { GuestPhysMemory, zeroPageShare } from '../lab/guest-ram';
+import { scanZeroPageShare } from '../lab/guest-ram';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
 import { measureThroughput } from '../lab/netns';
 import { measuredCurve, sumCurve, uniformHotSetCurve, type DirtyCurve } from '../model/dirty-curve';
@@ -362,13 +362,7 @@ export async function runPredictCheck(o: PredictCheckOptions = {}): Promise<Pred
         const startRate = rate > 0 ? (w1 - w0) / ((s1 - s0) / 1000) : 0;
         const vcpuBusyFraction = Math.min(1, Math.max(busy, 0.01));
         const ram = lab.source.guestRam();
-        const mem = new GuestPhysMemory(ram);
-        let zeroFrac: number;
-        try {
-          zeroFrac = zeroPageShare(mem, ram.ramBytes);
-        } finally {
-          mem.close();
-        }
+        const zeroFrac = scanZeroPageShare(ram);
         const totalPages = Math.ceil(ram.ramBytes / PAGE_BYTES);
         const ramDirty: DirtyCurve = sumCurve(
           uniformHotSetCurve(startRate, (memMib * MiB) / PAGE_BYTES),

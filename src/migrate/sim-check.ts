@@ -39,7 +39,7 @@ import { loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { buildGuestImage, type GuestImage } from '../lab/guest-image';
 import type { DiskSummary, MemSummary } from '../lab/guest-protocol';
-import { GuestPhysMemory, zeroPageShare } from '../lab/guest-ram';
+import { scanZeroPageShare } from '../lab/guest-ram';
 import { createTopology, measureThroughput, spawnInNs, type Topology } from '../lab/netns';
 import { createOmega, watchLeastFree, type Omega } from '../lab/omega';
 import { RAM_PAD_KIB_FOR_TCG_MIGRATION } from '../lab/qemu-args';
@@ -508,12 +508,7 @@ async function runOnce(o: SimCheckOptions, scenario: Scenario, plan: LabPlan, gu
     }
     for (const sl of slots) {
       const ram = sl.source.guestRam();
-      const mem = new GuestPhysMemory(ram);
-      try {
-        sl.zero = zeroPageShare(mem, ram.ramBytes);
-      } finally {
-        mem.close();
-      }
+      sl.zero = scanZeroPageShare(ram);
       sl.ramBytes = ram.ramBytes;
     }
     const inputs: SimCheckRun['inputs'] = {

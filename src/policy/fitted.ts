@@ -46,12 +46,12 @@
  * (docs/BENCHMARKS.md, "Targets on random scenarios").
  *
  * Both also keep back γ_SLA × `slaReserveSec` (600 s) per writer, at most 10 % of Ω. γ_SLA is
- * a promise, and a guest at γ_SLA still grows its overlay until its migration ends. The plan's projected ends are
- * wrong exactly when the link gets crowded: arrivals or a link drop stretch every migration, and
- * a RAM copy stops converging. A margin of 1 % of Ω does not grow with the number of writers left
- * to keep that promise to. Without the reserve, 4 of 15 000 generated scenarios ended with every
- * guest paused and Ω full at γ_SLA. With it, none did, at 0.03–0.16 points of mean write
- * retention (docs/BENCHMARKS.md, "Link shares").
+ * a promise, and a guest at γ_SLA still grows its overlay until its migration ends. The plan's
+ * projected ends are wrong exactly when the link gets crowded: arrivals or a link drop stretch
+ * every migration, and a RAM copy stops converging. A margin of 1 % of Ω does not grow with the
+ * number of writers left to keep that promise to. Without the reserve, 4 of 15 000 generated
+ * scenarios ended with every guest paused and Ω full at γ_SLA. With it, none did, at 0.03–0.16
+ * points of mean write retention (docs/BENCHMARKS.md, "Link shares").
  *
  * Π: Ω in proportion to each migration's projected final overlay, never below the data a bin holds
  * (plus two intervals of growth when that fits). Bins are re-fitted at every decision, so shards
